@@ -1,0 +1,44 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// One concern per target; C stays behind one door per library (ARCHITECTURE.md).
+let package = Package(
+    name: "Outrider",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "outrider", targets: ["Outrider"]),
+    ],
+    dependencies: [
+        // YAML with line/column marks, for file:line config errors.
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+    ],
+    targets: [
+        // epoll, eventfd, timerfd, inotify, SO_ORIGINAL_DST: Glibc does not export them.
+        .target(name: "CLinux"),
+        // Bytes, heads, errors, clock. No I/O.
+        .target(name: "OutriderCore"),
+        // The loop, selector, timers, syscall wrapper, cross-thread wake-ups.
+        .target(name: "EventLoop", dependencies: ["CLinux", "OutriderCore"]),
+        // HTTP/1.1 codec as pure state machines.
+        .target(name: "HTTP1", dependencies: ["OutriderCore"]),
+        // outrider.yaml schema, validation with file:line errors.
+        .target(name: "Config", dependencies: ["OutriderCore", .product(name: "Yams", package: "Yams")]),
+        // Metrics registry (and later spans, propagation, the OTLP exporter).
+        .target(name: "Telemetry", dependencies: ["OutriderCore"]),
+        // The filter contract, the chain, one folder per filter.
+        .target(name: "Filters", dependencies: ["OutriderCore", "Telemetry", "Config"]),
+        // Listeners, connections, upstream pool, the proxy stream, admin server.
+        .target(name: "Proxy", dependencies: ["CLinux", "OutriderCore", "EventLoop", "HTTP1", "Config", "Telemetry", "Filters"]),
+        // CLI, wiring, signals, reload, drain.
+        .executableTarget(name: "Outrider", dependencies: ["Proxy", "Config", "Telemetry", "Filters", "EventLoop", "OutriderCore", "CLinux"]),
+        // libFuzzer entry for the HTTP/1 parsers (make fuzz).
+        .executableTarget(
+            name: "HTTP1Fuzz", dependencies: ["HTTP1", "OutriderCore"],
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
+        ),
+        .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "OutriderCore"]),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "OutriderCore"]),
+        .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "OutriderCore", "CLinux"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

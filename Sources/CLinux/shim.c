@@ -1,0 +1,3 @@
+// Intentionally empty: every shim is a static inline in include/CLinux.h.
+// SwiftPM needs one source file for a C target.
+#include "CLinux.h"
