@@ -4,9 +4,6 @@
 #ifndef OUTRIDER_CLINUX_H
 #define OUTRIDER_CLINUX_H
 
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
@@ -16,7 +13,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <linux/netfilter_ipv4.h>
-#include <sched.h>
+
 #include <stdint.h>
 
 // epoll_event is __attribute__((packed)) on x86_64; reading its union through these
@@ -33,12 +30,14 @@ static inline int clinux_epoll_ctl(int epfd, int op, int fd, uint32_t events, ui
 static inline size_t clinux_epoll_event_size(void) { return sizeof(struct epoll_event); }
 
 // Number of CPUs this process may run on (sched_getaffinity), the default worker count.
-static inline int clinux_available_cpus(void) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
-    int n = CPU_COUNT(&set);
-    return n > 0 ? n : 1;
-}
+// Defined in shim.c, which needs _GNU_SOURCE: defining it in this header would change
+// struct layouts against Swift's Glibc module.
+int clinux_available_cpus(void);
+
+// Names the calling thread (visible in top -H, /proc/PID/task/*/comm). Same reason as above.
+void clinux_set_thread_name(const char *name);
+
+// accept4 (GNU extension), defined in shim.c.
+int clinux_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
 
 #endif
