@@ -39,6 +39,7 @@ let package = Package(
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "OutriderCore"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "OutriderCore"]),
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "OutriderCore", "CLinux"]),
+        .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "OutriderCore"]),
     ],
     swiftLanguageModes: [.v6]
 )
