@@ -1,0 +1,700 @@
+#!/usr/bin/env python3
+"""Outrider benchmark harness (`make bench`).
+
+Runs the same wrk load, one target after another (never concurrently), on 127.0.0.1 only:
+
+  direct            a dedicated nginx (1 worker) serving a fixed 1 KiB body  -- the baseline
+  nginx             nginx as reverse proxy (1 worker, upstream keepalive 64)
+  haproxy           haproxy (nbthread 1, http-reuse always)
+  outrider          Outrider (1 worker, no filters, access log off)
+  outrider+log      Outrider with the access log written to a file
+
+For each target: requests/s, p50, p99 (wrk --latency), CPU µs per request of the proxy's
+worker process(es) (utime+stime from /proc/PID/stat around the measured run), RSS idle after
+start and RSS with 1,000 idle keep-alive connections open.
+
+Output: a markdown table on stdout, also written to bench/results/latest.md (and .json).
+
+Rows are data: append a `Target(...)` to TARGETS (for Outrider rows, `filters=` takes the YAML
+list that goes under `filters:` and `extra=` any other top-level YAML).
+
+Environment:
+  OUTRIDER_BIN      Outrider binary (default <repo>/.build/release/outrider)
+  BENCH_SECONDS     length of each measured wrk run (default 10)
+  BENCH_WARMUP      length of the warm-up wrk run (default 2)
+  BENCH_CONNS       wrk connections (default 50)
+  BENCH_IDLE_CONNS  idle keep-alive connections for the memory column (default 1000)
+  BENCH_TARGETS     comma list of row names to run (default: all); the direct row always runs
+  BENCH_OUT         results directory (default <repo>/bench/results)
+  BENCH_ENFORCE     if 1, exit 3 when an Outrider target from the issue is not met
+
+Exit codes: 0 ok; 1 a row failed (could not start, non-2xx replies, socket errors);
+2 a required tool (wrk, nginx, haproxy) is missing; 3 targets not met with BENCH_ENFORCE=1.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from typing import Callable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+BODY_SIZE = 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        sys.exit(f"bench: {name} must be an integer")
+
+
+SECONDS = env_int("BENCH_SECONDS", 10)
+WARMUP = env_int("BENCH_WARMUP", 2)
+CONNS = env_int("BENCH_CONNS", 50)
+IDLE_CONNS = env_int("BENCH_IDLE_CONNS", 1000)
+OUTRIDER_BIN = os.environ.get("OUTRIDER_BIN", os.path.join(REPO, ".build", "release", "outrider"))
+OUT_DIR = os.environ.get("BENCH_OUT", os.path.join(HERE, "results"))
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# processes
+
+
+class Running:
+    """A started server: the port to load, the pids whose CPU and RSS count, what to kill."""
+
+    def __init__(self, name: str, port: int, procs: list[subprocess.Popen],
+                 measured_pids: Callable[[], list[int]], logfile: str):
+        self.name = name
+        self.port = port
+        self.procs = procs
+        self.measured_pids = measured_pids
+        self.logfile = logfile
+
+    def stop(self) -> None:
+        for p in self.procs:
+            stop_proc(p)
+
+
+STARTED: list[subprocess.Popen] = []
+
+
+def spawn(argv: list[str], logfile: str, **kw) -> subprocess.Popen:
+    out = open(logfile, "ab")
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                         start_new_session=True, **kw)
+    out.close()
+    STARTED.append(p)
+    return p
+
+
+def stop_proc(p: subprocess.Popen) -> None:
+    """SIGTERM the process group we created for p, then SIGKILL after 3 s."""
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            pass
+    try:  # the group may hold children (nginx workers) even when the leader is gone
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        p.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def stop_all() -> None:
+    for p in reversed(STARTED):
+        stop_proc(p)
+    STARTED.clear()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            out = [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        for c in children(todo.pop()):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def http_get(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None,
+               logfile: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise StartError(f"{what}: process exited with {proc.returncode}", logfile)
+        try:
+            if cond():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise StartError(f"{what}: not ready after {timeout:.0f}s", logfile)
+
+
+class StartError(Exception):
+    def __init__(self, msg: str, logfile: str):
+        super().__init__(msg)
+        self.logfile = logfile
+
+
+def port_serves_body(port: int) -> bool:
+    status, body = http_get(port)
+    return status == 200 and len(body) == BODY_SIZE
+
+
+# ----------------------------------------------------------------------------------------------
+# targets
+
+
+@dataclasses.dataclass
+class Target:
+    name: str
+    start: Callable[["Context", "Target"], Running]
+    note: str = ""
+    filters: str | None = None   # YAML list under `filters:` (Outrider rows); None means []
+    extra: str | None = None     # other top-level YAML (Outrider rows), e.g. a tracing section
+    access_log: str = "off"      # Outrider: "off" or "file"
+    primary: bool = False        # the row the issue's targets are checked against
+
+
+@dataclasses.dataclass
+class Context:
+    tmp: str
+    upstream_port: int = 0
+
+
+NGINX_COMMON = """\
+worker_processes 1;
+worker_rlimit_nofile 65536;
+daemon off;
+master_process on;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 8192; multi_accept off; }}
+http {{
+    access_log off;
+    default_type text/plain;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+{body}
+}}
+"""
+
+
+def start_nginx(ctx: Context, name: str, http_body: str) -> tuple[subprocess.Popen, str, str]:
+    prefix = os.path.join(ctx.tmp, name)
+    os.makedirs(prefix, exist_ok=True)
+    conf = os.path.join(prefix, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_COMMON.format(prefix=prefix, body=textwrap.indent(http_body, "    ")))
+    logfile = os.path.join(prefix, "stderr.log")
+    p = spawn(["nginx", "-p", prefix, "-c", conf, "-e", os.path.join(prefix, "error.log")], logfile)
+    return p, logfile, prefix
+
+
+def nginx_workers(master: subprocess.Popen) -> Callable[[], list[int]]:
+    return lambda: children(master.pid)
+
+
+def start_upstream(ctx: Context) -> Running:
+    port = free_port()
+    body = "x" * BODY_SIZE
+    server = f"""\
+server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{ return 200 "{body}"; }}
+}}"""
+    p, logfile, _ = start_nginx(ctx, "upstream", server)
+    wait_until(lambda: port_serves_body(port) and len(children(p.pid)) == 1, 10,
+               "upstream nginx", p, logfile)
+    ctx.upstream_port = port
+    return Running("direct", port, [p], nginx_workers(p), logfile)
+
+
+def start_direct(ctx: Context, t: Target) -> Running:
+    # The upstream itself, already running; stopping it is done at the very end.
+    r = Running(t.name, ctx.upstream_port, [], UPSTREAM.measured_pids, UPSTREAM.logfile)
+    return r
+
+
+def start_nginx_proxy(ctx: Context, t: Target) -> Running:
+    port = free_port()
+    conf = f"""\
+upstream app {{
+    server 127.0.0.1:{ctx.upstream_port};
+    keepalive 64;
+}}
+server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+        proxy_pass http://app;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+    }}
+}}"""
+    p, logfile, _ = start_nginx(ctx, "nginx-proxy", conf)
+    wait_until(lambda: port_serves_body(port) and len(children(p.pid)) == 1, 10,
+               "nginx proxy", p, logfile)
+    return Running(t.name, port, [p], nginx_workers(p), logfile)
+
+
+def start_haproxy(ctx: Context, t: Target) -> Running:
+    port = free_port()
+    d = os.path.join(ctx.tmp, "haproxy")
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""\
+global
+    nbthread 1
+    maxconn 8192
+    pidfile {d}/haproxy.pid
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 300s
+
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+
+backend be
+    server app 127.0.0.1:{ctx.upstream_port}
+""")
+    logfile = os.path.join(d, "stderr.log")
+    p = spawn(["haproxy", "-db", "-f", conf], logfile)  # -db: foreground, single process
+    wait_until(lambda: port_serves_body(port), 10, "haproxy", p, logfile)
+    return Running(t.name, port, [p], lambda: [p.pid], logfile)
+
+
+def outrider_config(ctx: Context, t: Target, port: int, admin: int, d: str) -> str:
+    access = "off" if t.access_log == "off" else os.path.join(d, "access.log")
+    subst = {"repo": REPO, "tmp": d}
+    if t.filters:
+        filters = "filters:\n" + textwrap.indent(textwrap.dedent(t.filters).strip("\n").format(**subst), "  ") + "\n"
+    else:
+        filters = "filters: []\n"
+    extra = textwrap.dedent(t.extra).strip("\n").format(**subst) + "\n" if t.extra else ""
+    return (f"workers: 1\n"
+            f"admin:\n  address: 127.0.0.1:{admin}\n"
+            f"listeners:\n"
+            f"  - name: inbound\n"
+            f"    address: 127.0.0.1:{port}\n"
+            f"    upstream: 127.0.0.1:{ctx.upstream_port}\n"
+            f"access_log: {{path: {access}}}\n"
+            f"{filters}{extra}")
+
+
+def start_outrider(ctx: Context, t: Target) -> Running:
+    if not (os.path.isfile(OUTRIDER_BIN) and os.access(OUTRIDER_BIN, os.X_OK)):
+        raise StartError(f"OUTRIDER_BIN {OUTRIDER_BIN} is not an executable file", "")
+    port, admin = free_port(), free_port()
+    d = os.path.join(ctx.tmp, re.sub(r"[^A-Za-z0-9_.-]", "_", t.name))
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "outrider.yaml")
+    with open(conf, "w") as f:
+        f.write(outrider_config(ctx, t, port, admin, d))
+    logfile = os.path.join(d, "stderr.log")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OUTRIDER_WORKERS", "OUTRIDER_ADMIN_ADDRESS", "OUTRIDER_LOG_LEVEL")}
+    env["OUTRIDER_LOG_LEVEL"] = "warn"
+    p = spawn([OUTRIDER_BIN, "run", "--config", conf], logfile, env=env)
+    wait_until(lambda: http_get(admin, "/ready")[0] == 200, 15, f"{t.name} /ready", p, logfile)
+    wait_until(lambda: port_serves_body(port), 5, f"{t.name} proxying", p, logfile)
+    return Running(t.name, port, [p], lambda: [p.pid] + descendants(p.pid), logfile)
+
+
+# The rows, in order. Add a row by appending one entry, e.g.
+#   Target("outrider+ratelimit", start_outrider, filters="""
+#       - name: ratelimit
+#         rules: {repo}/filters/ratelimit/default.yaml
+#   """),
+# ({repo} is the repository root, {tmp} the row's temp dir.)
+TARGETS: list[Target] = [
+    Target("direct", start_direct, note="upstream nginx, no proxy"),
+    Target("nginx", start_nginx_proxy, note="1 worker, keepalive 64"),
+    Target("haproxy", start_haproxy, note="nbthread 1, http-reuse always"),
+    Target("outrider", start_outrider, note="1 worker, no filters, access log off", primary=True),
+    Target("outrider+log", start_outrider, note="access log to a file", access_log="file"),
+]
+
+UPSTREAM: Running  # set in main()
+
+# ----------------------------------------------------------------------------------------------
+# load and measurements
+
+UNIT_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
+
+
+def parse_time_us(s: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", s.strip())
+    if not m:
+        raise ValueError(f"unparsable wrk time {s!r}")
+    return float(m.group(1)) * UNIT_US[m.group(2)]
+
+
+@dataclasses.dataclass
+class WrkResult:
+    rps: float
+    requests: int
+    p50_us: float
+    p99_us: float
+    non2xx: int
+    socket_errors: int
+    raw: str
+
+
+def parse_wrk(out: str) -> WrkResult:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    reqs = re.search(r"(\d+) requests in", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    if not (rps and reqs and p50 and p99):
+        raise ValueError("could not parse wrk output:\n" + out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return WrkResult(float(rps.group(1)), int(reqs.group(1)), parse_time_us(p50.group(1)),
+                     parse_time_us(p99.group(1)), int(non2xx.group(1)) if non2xx else 0,
+                     sum(int(x) for x in sock.groups()) if sock else 0, out)
+
+
+def wrk(port: int, seconds: int) -> WrkResult:
+    argv = ["wrk", "-t1", f"-c{CONNS}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+    if r.returncode != 0:
+        raise RuntimeError(f"wrk exited {r.returncode}: {r.stderr.strip()}")
+    return parse_wrk(r.stdout)
+
+
+def read_response(sock: socket.socket) -> int:
+    """Read one HTTP/1.1 response with a Content-Length body; return the status code."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before the response head")
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    status = int(head.split(b" ", 2)[1])
+    m = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+    if not m:
+        raise ConnectionError("response without Content-Length")
+    need = int(m.group(1)) - len(rest)
+    while need > 0:
+        chunk = sock.recv(min(need, 65536))
+        if not chunk:
+            raise ConnectionError("closed in the body")
+        need -= len(chunk)
+    return status
+
+
+def open_idle_connections(port: int, n: int) -> list[socket.socket]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            socks.append(s)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: outrider-bench\r\n\r\n")
+            status = read_response(s)
+            if status != 200:
+                raise ConnectionError(f"status {status}")
+    except Exception:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+@dataclasses.dataclass
+class Row:
+    target: Target
+    rps: float | None = None
+    p50_us: float | None = None
+    p99_us: float | None = None
+    cpu_us: float | None = None
+    rss_idle_kib: int | None = None
+    rss_conns_kib: int | None = None
+    error: str | None = None
+
+
+def measure(ctx: Context, t: Target) -> Row:
+    row = Row(t)
+    log(f"--- {t.name}: starting")
+    running = None
+    try:
+        running = t.start(ctx, t)
+        time.sleep(0.5)
+        pids = running.measured_pids()
+        if not pids:
+            raise RuntimeError("no worker process found")
+        row.rss_idle_kib = rss_kib(pids)
+        log(f"{t.name}: warm-up {WARMUP}s")
+        wrk(running.port, WARMUP)
+        before = cpu_ticks(pids)
+        log(f"{t.name}: measuring {SECONDS}s, {CONNS} connections")
+        res = wrk(running.port, SECONDS)
+        after = cpu_ticks(pids)
+        row.rps, row.p50_us, row.p99_us = res.rps, res.p50_us, res.p99_us
+        row.cpu_us = (after - before) / CLK_TCK * 1e6 / max(res.requests, 1)
+        if res.non2xx or res.socket_errors:
+            row.error = f"{res.non2xx} non-2xx replies, {res.socket_errors} socket errors"
+        log(f"{t.name}: {IDLE_CONNS} idle keep-alive connections")
+        socks = open_idle_connections(running.port, IDLE_CONNS)
+        try:
+            time.sleep(0.5)
+            row.rss_conns_kib = rss_kib(running.measured_pids())
+        finally:
+            for s in socks:
+                s.close()
+        log(f"{t.name}: {row.rps:,.0f} req/s p50 {fmt_us(row.p50_us)} p99 {fmt_us(row.p99_us)} "
+            f"cpu {row.cpu_us:.1f} us/req rss {fmt_kib(row.rss_idle_kib)} / {fmt_kib(row.rss_conns_kib)}")
+    except StartError as e:
+        row.error = str(e)
+        log(f"{t.name}: FAILED: {e}")
+        if e.logfile and os.path.exists(e.logfile):
+            with open(e.logfile, errors="replace") as f:
+                tail = f.read()[-2000:]
+            if tail.strip():
+                log(f"{t.name}: log tail ({e.logfile}):\n{tail}")
+    except Exception as e:  # noqa: BLE001 - one failed row must not stop the others
+        row.error = f"{type(e).__name__}: {e}"
+        log(f"{t.name}: FAILED: {row.error}")
+    finally:
+        if running is not None:
+            running.stop()
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+
+
+def fmt_us(v: float | None) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.0f} µs" if v < 1000 else f"{v / 1000:.2f} ms"
+
+
+def fmt_kib(v: int | None) -> str:
+    return "–" if v is None else f"{v / 1024:.1f} MB"
+
+
+def report(rows: list[Row]) -> tuple[str, dict, bool]:
+    by = {r.target.name: r for r in rows}
+    direct = by.get("direct")
+    lines = [
+        f"# Outrider benchmark — {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        "",
+        f"`wrk -t1 -c{CONNS} -d{SECONDS}s --latency` on 127.0.0.1 after a {WARMUP} s warm-up; "
+        f"{BODY_SIZE} B body from a 1-worker nginx upstream; one target at a time. "
+        f"CPU µs/req: utime+stime of the proxy worker(s) / requests. "
+        f"RSS: VmRSS (MB = 2^20 B) idle after start, and with {IDLE_CONNS} idle keep-alive connections. "
+        f"Host: {os.cpu_count()} CPUs, {os.uname().release}.",
+        "",
+        "| target | req/s | ×direct | p50 | p99 | CPU µs/req | RSS idle | RSS 1k conns |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.rps is None:
+            lines.append(f"| {r.target.name} | failed: {r.error} | | | | | | |")
+            continue
+        x = f"{r.rps / direct.rps:.2f}×" if direct and direct.rps else "–"
+        name = r.target.name + (" ⚠" if r.error else "")
+        lines.append(f"| {name} | {r.rps:,.0f} | {x} | {fmt_us(r.p50_us)} | {fmt_us(r.p99_us)} | "
+                     f"{r.cpu_us:.1f} | {fmt_kib(r.rss_idle_kib)} | {fmt_kib(r.rss_conns_kib)} |")
+    lines.append("")
+    for r in rows:
+        if r.error and r.rps is not None:
+            lines.append(f"⚠ {r.target.name}: {r.error}")
+    checks: list[tuple[str, bool | None]] = []
+    prim = next((r for r in rows if r.target.primary), None)
+    ng, ha = by.get("nginx"), by.get("haproxy")
+    if prim is not None and prim.rps is not None:
+        best = max([x.rps for x in (ng, ha) if x and x.rps] or [0])
+        ratio = f" ({prim.rps / best:.2f}× the better of nginx/haproxy; aim 1.2×)" if best else ""
+        checks.append((f"throughput ≥ nginx and haproxy{ratio}", prim.rps >= best if best else None))
+        checks.append((f"CPU ≤ 12 µs/request ({prim.cpu_us:.1f})", prim.cpu_us <= 12))
+        if ng and ng.p99_us:
+            checks.append((f"p99 ≤ nginx's ({fmt_us(prim.p99_us)} vs {fmt_us(ng.p99_us)})",
+                           prim.p99_us <= ng.p99_us))
+        checks.append((f"RSS idle < 12 MB ({fmt_kib(prim.rss_idle_kib)})",
+                       prim.rss_idle_kib is not None and prim.rss_idle_kib < 12 * 1024))
+        checks.append((f"RSS with {IDLE_CONNS} connections < 40 MB ({fmt_kib(prim.rss_conns_kib)})",
+                       prim.rss_conns_kib is not None and prim.rss_conns_kib < 40 * 1024))
+        lines.append("Targets (issue), for the `" + prim.target.name + "` row: " + "; ".join(
+            f"{desc}: {'met' if ok else ('n/a' if ok is None else 'NOT MET')}" for desc, ok in checks) + ".")
+    elif prim is not None:
+        lines.append(f"Targets (issue): not evaluated — the `{prim.target.name}` row did not run "
+                     f"({prim.error}).")
+    all_met = bool(checks) and all(ok for _, ok in checks)
+    data = {
+        "time": time.time(), "seconds": SECONDS, "connections": CONNS, "idle_connections": IDLE_CONNS,
+        "rows": [{"target": r.target.name, "note": r.target.note, "rps": r.rps, "p50_us": r.p50_us,
+                  "p99_us": r.p99_us, "cpu_us_per_request": r.cpu_us,
+                  "rss_idle_kib": r.rss_idle_kib, "rss_1k_conns_kib": r.rss_conns_kib,
+                  "error": r.error} for r in rows],
+        "targets": [{"check": d, "met": ok} for d, ok in checks],
+    }
+    return "\n".join(lines) + "\n", data, all_met
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def check_tools() -> None:
+    missing = [t for t in ("wrk", "nginx", "haproxy") if shutil.which(t) is None]
+    if missing:
+        print(f"bench: missing tools: {' '.join(missing)} "
+              f"(apt-get install -y wrk nginx-light haproxy)", file=sys.stderr)
+        sys.exit(2)
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft < IDLE_CONNS + 64:
+        log(f"warning: RLIMIT_NOFILE {soft} is low for {IDLE_CONNS} connections")
+
+
+def on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    global UPSTREAM
+    check_tools()
+    raise_nofile()
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGHUP, on_sigterm)
+    wanted = {x.strip() for x in os.environ.get("BENCH_TARGETS", "").split(",") if x.strip()}
+    targets = [t for t in TARGETS if not wanted or t.name in wanted or t.name == "direct"]
+    unknown = wanted - {t.name for t in TARGETS}
+    if unknown:
+        log(f"unknown BENCH_TARGETS: {', '.join(sorted(unknown))}; known: "
+            f"{', '.join(t.name for t in TARGETS)}")
+        return 2
+    tmp = tempfile.mkdtemp(prefix="outrider-bench-")
+    os.chmod(tmp, 0o755)  # nginx workers may run as nobody
+    ctx = Context(tmp)
+    rows: list[Row] = []
+    try:
+        try:
+            UPSTREAM = start_upstream(ctx)
+        except StartError as e:
+            log(f"upstream nginx failed: {e}")
+            if os.path.exists(e.logfile):
+                log(open(e.logfile, errors="replace").read()[-2000:])
+            return 1
+        log(f"upstream nginx on 127.0.0.1:{ctx.upstream_port}; outrider binary {OUTRIDER_BIN}")
+        for t in targets:
+            rows.append(measure(ctx, t))
+    except KeyboardInterrupt:
+        log("interrupted; stopping everything")
+        return 130
+    finally:
+        stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    md, data, all_met = report(rows)
+    print(md, end="")
+    os.makedirs(OUT_DIR, exist_ok=True)
+    with open(os.path.join(OUT_DIR, "latest.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(OUT_DIR, "latest.json"), "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    log(f"wrote {os.path.join(OUT_DIR, 'latest.md')}")
+    if any(r.error for r in rows):
+        return 1
+    if os.environ.get("BENCH_ENFORCE") == "1" and not all_met:
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
