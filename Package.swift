@@ -22,7 +22,7 @@ let package = Package(
         // HTTP/1.1 codec as pure state machines.
         .target(name: "HTTP1", dependencies: ["OutriderCore"]),
         // outrider.yaml schema, validation with file:line errors.
-        .target(name: "Config", dependencies: ["OutriderCore", .product(name: "Yams", package: "Yams")]),
+        .target(name: "Config", dependencies: ["CLinux", "OutriderCore", .product(name: "Yams", package: "Yams")]),
         // Metrics registry (and later spans, propagation, the OTLP exporter).
         .target(name: "Telemetry", dependencies: ["OutriderCore"]),
         // The filter contract, the chain, one folder per filter.
