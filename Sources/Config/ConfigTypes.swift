@@ -1,0 +1,192 @@
+import OutriderCore
+
+/// Minimum severity written to the log. Ordered: debug < info < warn < error.
+public enum LogLevel: String, Sendable, Comparable, CaseIterable {
+    case debug, info, warn, error
+
+    private var rank: Int {
+        switch self {
+        case .debug: return 0
+        case .info: return 1
+        case .warn: return 2
+        case .error: return 3
+        }
+    }
+    public static func < (lhs: LogLevel, rhs: LogLevel) -> Bool { lhs.rank < rhs.rank }
+}
+
+/// How a filter's verdicts are applied: `shadow` evaluates, logs and counts but never blocks.
+public enum FilterMode: String, Sendable, CaseIterable {
+    case enforce, shadow, off
+}
+
+/// Every timeout in nanoseconds; 0 disables the timeout (for `drain`, 0 means "do not wait").
+public struct Timeouts: Sendable, Equatable {
+    /// The whole request head must arrive within this (slowloris guard) → 408.
+    public var headerRead: UInt64
+    /// Downstream keep-alive idle time between requests.
+    public var idle: UInt64
+    /// Whole request and response; 0 by default (disabled).
+    public var request: UInt64
+    /// TCP connect to the upstream. Never 0.
+    public var upstreamConnect: UInt64
+    /// Request sent → response head received; → 504.
+    public var upstreamResponse: UInt64
+    /// Pooled idle upstream connections are closed after this. Never 0.
+    public var upstreamIdle: UInt64
+    /// SIGTERM / POST /drain: how long in-flight requests get.
+    public var drain: UInt64
+
+    public init(
+        headerRead: UInt64 = 10_000_000_000,
+        idle: UInt64 = 60_000_000_000,
+        request: UInt64 = 0,
+        upstreamConnect: UInt64 = 5_000_000_000,
+        upstreamResponse: UInt64 = 30_000_000_000,
+        upstreamIdle: UInt64 = 50_000_000_000,
+        drain: UInt64 = 30_000_000_000
+    ) {
+        self.headerRead = headerRead
+        self.idle = idle
+        self.request = request
+        self.upstreamConnect = upstreamConnect
+        self.upstreamResponse = upstreamResponse
+        self.upstreamIdle = upstreamIdle
+        self.drain = drain
+    }
+
+    public static let defaults = Timeouts()
+}
+
+let nanosPerSecond: UInt64 = 1_000_000_000
+
+/// Size and count limits. Per-worker where noted.
+public struct Limits: Sendable, Equatable {
+    public var maxRequestHeaderBytes: Int
+    public var maxRequestHeaders: Int
+    public var maxURILength: Int
+    /// Per worker; accept pauses beyond it.
+    public var maxConnections: Int
+    /// Idle pooled upstream connections per worker per listener; 0 disables pooling.
+    public var upstreamMaxIdle: Int
+
+    public init(
+        maxRequestHeaderBytes: Int = 61_440,
+        maxRequestHeaders: Int = 100,
+        maxURILength: Int = 8192,
+        maxConnections: Int = 10_000,
+        upstreamMaxIdle: Int = 64
+    ) {
+        self.maxRequestHeaderBytes = maxRequestHeaderBytes
+        self.maxRequestHeaders = maxRequestHeaders
+        self.maxURILength = maxURILength
+        self.maxConnections = maxConnections
+        self.upstreamMaxIdle = upstreamMaxIdle
+    }
+
+    public static let defaults = Limits()
+}
+
+public struct AdminConfig: Sendable, Equatable {
+    public var address: SocketAddressSpec
+    public init(address: SocketAddressSpec = AdminConfig.defaultAddress) { self.address = address }
+    public static let defaultAddress = SocketAddressSpec(host: "127.0.0.1", port: 15000)
+}
+
+public struct ListenerConfig: Sendable, Equatable {
+    /// Unique, `[a-z0-9_-]+`; used in metric labels and logs.
+    public var name: String
+    public var address: SocketAddressSpec
+    public var upstream: SocketAddressSpec
+    /// Line of the listener's entry in the config file (0 when built in code).
+    public var line: Int
+
+    public init(name: String, address: SocketAddressSpec, upstream: SocketAddressSpec, line: Int = 0) {
+        self.name = name
+        self.address = address
+        self.upstream = upstream
+        self.line = line
+    }
+}
+
+public enum AccessLogTarget: Sendable, Equatable {
+    case stdout, off, file(String)
+}
+
+/// One entry of `filters:`, in chain order. The filter parses `settings` itself.
+public struct FilterEntry: Sendable, Equatable {
+    public var name: String
+    public var mode: FilterMode
+    /// The whole entry map, `name` and `mode` included, with positions for file:line errors.
+    public var settings: ConfigNode
+    public var file: String
+    public var line: Int
+
+    public init(name: String, mode: FilterMode = .enforce, settings: ConfigNode, file: String, line: Int) {
+        self.name = name
+        self.mode = mode
+        self.settings = settings
+        self.file = file
+        self.line = line
+    }
+}
+
+/// The validated, effective configuration. An immutable value once loaded.
+public struct OutriderConfig: Sendable, Equatable {
+    /// 0 = number of CPUs available; the proxy resolves it.
+    public var workers: Int
+    public var logLevel: LogLevel
+    public var admin: AdminConfig
+    public var listeners: [ListenerConfig]
+    public var timeouts: Timeouts
+    public var limits: Limits
+    public var accessLog: AccessLogTarget
+    public var filters: [FilterEntry]
+
+    public init(
+        workers: Int = 0,
+        logLevel: LogLevel = .info,
+        admin: AdminConfig = AdminConfig(),
+        listeners: [ListenerConfig] = [],
+        timeouts: Timeouts = .defaults,
+        limits: Limits = .defaults,
+        accessLog: AccessLogTarget = .stdout,
+        filters: [FilterEntry] = []
+    ) {
+        self.workers = workers
+        self.logLevel = logLevel
+        self.admin = admin
+        self.listeners = listeners
+        self.timeouts = timeouts
+        self.limits = limits
+        self.accessLog = accessLog
+        self.filters = filters
+    }
+}
+
+/// One problem found in a config, with its position.
+public struct ConfigDiagnostic: Error, Sendable, Equatable, CustomStringConvertible {
+    public var file: String
+    /// 1-based; 0 when the problem has no line (unreadable file, environment variable).
+    public var line: Int
+    /// 1-based; 0 when unknown.
+    public var column: Int
+    public var message: String
+
+    public init(file: String, line: Int, column: Int = 0, message: String) {
+        self.file = file
+        self.line = line
+        self.column = column
+        self.message = message
+    }
+
+    /// `outrider check` prints exactly this.
+    public var description: String { "\(file):\(line): \(message)" }
+}
+
+/// Every problem found in one load, in file order, environment problems last.
+public struct ConfigErrors: Error, Sendable, CustomStringConvertible {
+    public var diagnostics: [ConfigDiagnostic]
+    public init(_ diagnostics: [ConfigDiagnostic]) { self.diagnostics = diagnostics }
+    public var description: String { diagnostics.map(\.description).joined(separator: "\n") }
+}
