@@ -399,6 +399,8 @@ TARGETS: list[Target] = [
 ]
 
 UPSTREAM: Running  # set in main()
+LOAD_AT_START = ""
+BUSY_AT_START = False
 
 # ----------------------------------------------------------------------------------------------
 # load and measurements
@@ -569,7 +571,8 @@ def report(rows: list[Row]) -> tuple[str, dict, bool]:
         f"{BODY_SIZE} B body from a 1-worker nginx upstream; one target at a time. "
         f"CPU µs/req: utime+stime of the proxy worker(s) / requests. "
         f"RSS: VmRSS (MB = 2^20 B) idle after start, and with {IDLE_CONNS} idle keep-alive connections. "
-        f"Host: {os.cpu_count()} CPUs, {os.uname().release}.",
+        f"Host: {os.cpu_count()} CPUs, {os.uname().release}; load average at start {LOAD_AT_START}"
+        + (" — other work was running, numbers are noisy." if BUSY_AT_START else "."),
         "",
         "| target | req/s | ×direct | p50 | p99 | CPU µs/req | RSS idle | RSS 1k conns |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -608,7 +611,7 @@ def report(rows: list[Row]) -> tuple[str, dict, bool]:
                      f"({prim.error}).")
     all_met = bool(checks) and all(ok for _, ok in checks)
     data = {
-        "time": time.time(), "seconds": SECONDS, "connections": CONNS, "idle_connections": IDLE_CONNS,
+        "time": time.time(), "load_average_at_start": LOAD_AT_START, "seconds": SECONDS, "connections": CONNS, "idle_connections": IDLE_CONNS,
         "rows": [{"target": r.target.name, "note": r.target.note, "rps": r.rps, "p50_us": r.p50_us,
                   "p99_us": r.p99_us, "cpu_us_per_request": r.cpu_us,
                   "rss_idle_kib": r.rss_idle_kib, "rss_1k_conns_kib": r.rss_conns_kib,
@@ -650,6 +653,7 @@ def main() -> int:
     global UPSTREAM
     check_tools()
     raise_nofile()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGHUP, on_sigterm)
     wanted = {x.strip() for x in os.environ.get("BENCH_TARGETS", "").split(",") if x.strip()}
@@ -659,6 +663,12 @@ def main() -> int:
         log(f"unknown BENCH_TARGETS: {', '.join(sorted(unknown))}; known: "
             f"{', '.join(t.name for t in TARGETS)}")
         return 2
+    global LOAD_AT_START, BUSY_AT_START
+    load1 = os.getloadavg()[0]
+    LOAD_AT_START = f"{load1:.2f}"
+    BUSY_AT_START = load1 > 0.5
+    if BUSY_AT_START:
+        log(f"warning: load average {load1:.2f}: something else is running; numbers will be noisy")
     tmp = tempfile.mkdtemp(prefix="outrider-bench-")
     os.chmod(tmp, 0o755)  # nginx workers may run as nobody
     ctx = Context(tmp)
