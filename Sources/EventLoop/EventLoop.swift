@@ -154,6 +154,9 @@ public final class EventLoop {
 
     public func stop() { stopped = true }
 
+    /// The object that owns this loop (a worker), for tasks handed over by `remote.execute`.
+    public weak var owner: AnyObject?
+
     // MARK: running
 
     /// Runs until `stop()`.
@@ -226,4 +229,15 @@ public final class EventLoop {
         deferred.removeAll(keepingCapacity: true)
         for w in work { w() }
     }
+}
+
+/// epoll event bits under readable names, so code above the loop never imports CLinux.
+public enum IOEvent {
+    public static let readable: UInt32 = EPOLLIN.rawValue
+    public static let writable: UInt32 = EPOLLOUT.rawValue
+    /// The peer shut down its write side (EPOLLRDHUP).
+    public static let readHangup: UInt32 = EPOLLRDHUP.rawValue
+    public static let hangup: UInt32 = EPOLLHUP.rawValue
+    public static let error: UInt32 = EPOLLERR.rawValue
+    public static let edgeTriggered: UInt32 = EPOLLET.rawValue
 }

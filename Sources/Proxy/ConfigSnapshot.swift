@@ -1,0 +1,87 @@
+import Config
+import EventLoop
+import HTTP1
+import OutriderCore
+import Synchronization
+
+/// One listener as the data path needs it: resolved addresses and metric handles.
+public final class ListenerRuntime: Sendable {
+    public let name: String
+    public let address: SocketAddressSpec
+    let upstream: ResolvedAddress
+    let stats: ListenerStats
+
+    init(_ c: ListenerConfig, metrics: ProxyMetrics) throws(SystemError) {
+        name = c.name
+        address = c.address
+        upstream = try ResolvedAddress(c.upstream)
+        stats = metrics.listenerStats(c.name)
+    }
+}
+
+/// An immutable, fully validated configuration as the loops use it. Published atomically;
+/// a request keeps the snapshot it started with until it completes.
+public final class ConfigSnapshot: Sendable {
+    public let version: Int
+    public let loaded: LoadedConfig
+    public let listeners: [String: ListenerRuntime]
+    let parserLimits: HTTP1Limits
+    public var config: OutriderConfig { loaded.config }
+
+    public init(version: Int, loaded: LoadedConfig, metrics: ProxyMetrics) throws(SystemError) {
+        self.version = version
+        self.loaded = loaded
+        var map: [String: ListenerRuntime] = [:]
+        for l in loaded.config.listeners { map[l.name] = try ListenerRuntime(l, metrics: metrics) }
+        listeners = map
+        var limits = HTTP1Limits()
+        // The read scratch buffer must hold a whole head, so the head limit is capped below it.
+        limits.maxHeaderBytes = min(max(loaded.config.limits.maxRequestHeaderBytes, 1024), Worker.maxHeadBytes)
+        limits.maxHeaderCount = max(loaded.config.limits.maxRequestHeaders, 1)
+        limits.maxURILength = min(max(loaded.config.limits.maxURILength, 64), Worker.maxHeadBytes)
+        parserLimits = limits
+    }
+}
+
+/// Where the current snapshot is published. Workers compare an atomic version on each new
+/// request (a relaxed load) and take the lock only when it changed, so the request path is
+/// lock-free in the steady state.
+public final class SnapshotStore: Sendable {
+    private let current: Mutex<ConfigSnapshot>
+    private let versionCell: Atomic<Int>
+
+    public init(_ initial: ConfigSnapshot) {
+        current = Mutex(initial)
+        versionCell = Atomic(initial.version)
+    }
+    public var version: Int { versionCell.load(ordering: .acquiring) }
+    public func load() -> ConfigSnapshot { current.withLock { $0 } }
+    public func publish(_ s: ConfigSnapshot) {
+        current.withLock { $0 = s }
+        versionCell.store(s.version, ordering: .releasing)
+    }
+}
+
+/// Server lifecycle as /ready reports it (Envoy's server states).
+public enum ServerState: Int, Sendable {
+    case starting = 0, live = 1, draining = 2
+}
+
+/// Everything the workers share: metrics, the published config, the lifecycle state.
+public final class ProxyShared: Sendable {
+    public let metrics: ProxyMetrics
+    public let store: SnapshotStore
+    private let stateCell = Atomic<Int>(ServerState.starting.rawValue)
+    /// Workers that finished draining (no connections left).
+    let drainedWorkers = Atomic<Int>(0)
+    public let accessLog: AccessLogSink
+
+    public init(metrics: ProxyMetrics, store: SnapshotStore, accessLog: AccessLogSink) {
+        self.metrics = metrics
+        self.store = store
+        self.accessLog = accessLog
+    }
+    public var state: ServerState { ServerState(rawValue: stateCell.load(ordering: .acquiring)) ?? .starting }
+    public func setState(_ s: ServerState) { stateCell.store(s.rawValue, ordering: .releasing) }
+    public var drainedWorkerCount: Int { drainedWorkers.load(ordering: .acquiring) }
+}

@@ -1,0 +1,423 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import EventLoop
+import HTTP1
+import OutriderCore
+
+/// One request and its response: picks an upstream connection, forwards the request head and
+/// body, relays the response back, and writes the access-log line when done. It keeps the
+/// config snapshot it started with, so a reload never changes a request in flight.
+final class Exchange {
+    /// How the response body is written to the client.
+    private enum DownstreamFraming { case none, asIs, chunked, untilClose }
+
+    let downstream: DownstreamConnection
+    let snapshot: ConfigSnapshot
+    let listener: ListenerRuntime
+    private var worker: Worker { downstream.worker }
+
+    private var forwardHead: RequestHead
+    private let requestFraming: BodyFraming
+    private let clientVersion: HTTPVersion
+    private let upgrade: String?
+    private var upstream: UpstreamConnection?
+    private var record = AccessLogRecord()
+    private let startMono: UInt64
+
+    private var requestDone = false
+    private var responseHeadSent = false
+    private var finished = false
+    private var retried = false
+    private var downFraming: DownstreamFraming = .none
+    private var upstreamKeepAlive = false
+    private var responseStatus = 0
+    private var upstreamSentAt: UInt64 = 0
+    private var connectDeadline: UInt64 = 0
+    private var responseDeadline: UInt64 = 0
+    private var requestDeadline: UInt64 = 0
+    private var bodyBytesIn: UInt64 = 0
+    private var bodyBytesOut: UInt64 = 0
+    private var tunnelDownClosed = false
+    private var tunnelUpClosed = false
+
+    init(downstream: DownstreamConnection, snapshot: ConfigSnapshot, listener: ListenerRuntime, head: RequestHead,
+         framing: BodyFraming, clientKeepAlive: Bool, upgrade: String?, startWall: UInt64, startMono: UInt64) {
+        self.downstream = downstream
+        self.snapshot = snapshot
+        self.listener = listener
+        self.requestFraming = framing
+        self.clientVersion = head.version
+        self.startMono = startMono == 0 ? downstream.worker.loop.now : startMono
+        // Never tunnel h2c: an HTTP/1.1 "Upgrade: h2c" would smuggle HTTP/2 past the chain.
+        if let u = upgrade, !u.lowercased().contains("h2c") { self.upgrade = u } else { self.upgrade = nil }
+
+        record.startWallNanos = startWall == 0 ? wallClockNanos() : startWall
+        record.method = head.method
+        record.path = head.target
+        record.proto = head.version.description
+        record.userAgent = head.headers.first("user-agent")
+        record.authority = head.headers.first("host")
+        record.upstreamCluster = listener.name
+        record.listener = listener.name
+        record.upstreamHost = listener.upstream.spec.description
+        record.downstreamRemote = "\(downstream.peer):\(downstream.peerPort)"
+
+        forwardHead = head
+        forwardHead.version = .http11
+        Exchange.prepareForwardHeaders(&forwardHead.headers, framing: framing, upgrade: self.upgrade,
+                                       peer: downstream.peer, random: &downstream.worker.random, record: &record)
+        let t = snapshot.config.timeouts
+        if t.request > 0 { requestDeadline = self.startMono &+ t.request }
+    }
+
+    /// Hop-by-hop headers out; X-Forwarded-For/-Proto and X-Request-Id in (RFC 9110 §7.6.1).
+    private static func prepareForwardHeaders(_ h: inout HTTPHeaders, framing: BodyFraming, upgrade: String?,
+                                              peer: String, random: inout FastRandom, record: inout AccessLogRecord) {
+        let priorXFF = h.values("x-forwarded-for")
+        removeHopByHopHeaders(&h)
+        h.remove("expect")   // we answer 100-continue ourselves
+        if let u = upgrade {
+            h.add(name: "connection", value: "upgrade")
+            h.add(name: "upgrade", value: u)
+        }
+        if case .chunked = framing { h.add(name: "transfer-encoding", value: "chunked") }
+        let xff = priorXFF.isEmpty ? peer : priorXFF.joined(separator: ", ") + ", " + peer
+        h.set("x-forwarded-for", xff)
+        record.xForwardedFor = xff
+        h.set("x-forwarded-proto", "http")
+        if let id = h.first("x-request-id"), !id.isEmpty {
+            record.requestID = id
+        } else {
+            let id = random.uuid()
+            h.set("x-request-id", id)
+            record.requestID = id
+        }
+    }
+
+    // MARK: request side
+
+    func start(expectsContinue: Bool) {
+        if expectsContinue {
+            // Tell the client to send its body (filters that refuse the request will answer
+            // before this point once the chain exists).
+            downstream.out.append("HTTP/1.1 100 Continue\r\n\r\n")
+        }
+        connectUpstream()
+        downstream.flush()
+    }
+
+    private func connectUpstream() {
+        let pool = worker.pool(for: listener.upstream)
+        let conn: UpstreamConnection
+        if let idle = pool.take() {
+            conn = idle
+        } else {
+            do {
+                conn = try UpstreamConnection(address: listener.upstream, worker: worker, pool: pool)
+            } catch {
+                connectFailure(errno: error.errno)
+                return
+            }
+            listener.stats.upstreamConnections.increment(shard: worker.index)
+            let t = snapshot.config.timeouts.upstreamConnect
+            connectDeadline = t > 0 ? worker.loop.now &+ t : 0
+        }
+        upstream = conn
+        conn.begin(self, method: forwardHead.method)
+        HTTP1Serializer.writeRequestHead(forwardHead, into: &conn.out)
+        listener.stats.upstreamRequests.increment(shard: worker.index)
+        upstreamSentAt = worker.loop.now
+        if requestFraming == .none { requestComplete() }
+        conn.flush()
+    }
+
+    func requestBody(_ bytes: UnsafeRawBufferPointer) {
+        guard let up = upstream, !finished else { return }
+        bodyBytesIn &+= UInt64(bytes.count)
+        switch requestFraming {
+        case .chunked: HTTP1Serializer.writeChunk(bytes, into: &up.out)
+        default: up.out.append(bytes)
+        }
+        up.flush()
+        if up.outputAboveHighWatermark { downstream.readPaused = true }
+    }
+
+    func requestEnd(trailers: HTTPHeaders) {
+        guard let up = upstream, !finished else {
+            if !finished && upstream == nil && requestFraming != .none { requestComplete() }
+            return
+        }
+        if case .chunked = requestFraming { HTTP1Serializer.writeLastChunk(trailers: trailers, into: &up.out) }
+        if requestFraming != .none { requestComplete() }
+        up.flush()
+    }
+
+    private func requestComplete() {
+        requestDone = true
+        let t = snapshot.config.timeouts.upstreamResponse
+        if t > 0 && !responseHeadSent { responseDeadline = worker.loop.now &+ t }
+    }
+
+    /// The upstream took our buffered bytes: let the client send more.
+    func upstreamDrained() {
+        if downstream.readPaused && !finished {
+            downstream.readPaused = false
+            worker.loop.deferWork { [downstream] in downstream.resumeInput() }
+        }
+    }
+
+    // MARK: response side
+
+    func upstreamConnectFailed(errno e: Int32) {
+        upstream = nil
+        connectFailure(errno: e)
+    }
+
+    private func connectFailure(errno e: Int32) {
+        let refused = e == ECONNREFUSED
+        let reason = refused ? "connect_refused" : (e == ETIMEDOUT ? "connect_timeout" : "connect_failed")
+        listener.stats.upstreamError(reason, shard: worker.index)
+        Diagnostics.log(.debug, "upstream \(listener.upstream.spec): connect failed: errno \(e)")
+        let kind: OutriderError.Kind = (refused || e != ETIMEDOUT) ? .connectRefused : .connectTimeout
+        let err = OutriderError(kind, source: .upstream, "upstream \(listener.upstream.spec) unavailable")
+        var reply = err.localReply
+        if !refused && e != ETIMEDOUT { reply.details = "upstream_connect_failed" }
+        localReply(reply, flags: "UF")
+    }
+
+    func upstreamResponseHead(_ head: ResponseHead, framing: BodyFraming, keepAlive: Bool) {
+        guard !finished else { return }
+        responseDeadline = 0
+        if head.status == 101 {
+            guard let u = upgrade else {
+                upstreamFailed(details: "upstream_protocol_error", receivedResponse: true)
+                return
+            }
+            startTunnel(head, upgrade: u)
+            return
+        }
+        if head.status < 200 { return }   // interim responses: 100-continue was answered by us
+        responseStatus = head.status
+        upstreamKeepAlive = keepAlive
+        record.upstreamServiceMillis = Double(worker.loop.now &- upstreamSentAt) / 1e6
+        var r = head
+        r.version = .http11
+        removeHopByHopHeaders(&r.headers)
+        switch framing {
+        case .none:
+            downFraming = .none
+        case .contentLength:
+            downFraming = .asIs
+        case .chunked, .untilClose:
+            if clientVersion == .http11 {
+                downFraming = .chunked
+                r.headers.add(name: "transfer-encoding", value: "chunked")
+            } else {
+                downFraming = .untilClose
+                downstream.closeAfterResponse = true
+            }
+        }
+        if worker.draining { downstream.closeAfterResponse = true }
+        if downstream.closeAfterResponse {
+            r.headers.add(name: "connection", value: "close")
+        } else if clientVersion == .http10 {
+            r.headers.add(name: "connection", value: "keep-alive")
+        }
+        if !r.headers.contains("x-request-id") { r.headers.add(name: "x-request-id", value: record.requestID) }
+        HTTP1Serializer.writeResponseHead(r, into: &downstream.out)
+        responseHeadSent = true
+        downstream.flush()
+    }
+
+    func upstreamResponseBody(_ bytes: UnsafeRawBufferPointer) {
+        guard !finished, responseHeadSent, let up = upstream else { return }
+        bodyBytesOut &+= UInt64(bytes.count)
+        switch downFraming {
+        case .chunked: HTTP1Serializer.writeChunk(bytes, into: &downstream.out)
+        case .asIs, .untilClose: downstream.out.append(bytes)
+        case .none: return
+        }
+        downstream.flush()
+        if downstream.outputAboveHighWatermark { up.readPaused = true }
+    }
+
+    func upstreamResponseEnd(trailers: HTTPHeaders) {
+        guard !finished, responseHeadSent else { return }
+        if downFraming == .chunked { HTTP1Serializer.writeLastChunk(trailers: trailers, into: &downstream.out) }
+        let reusable = upstreamKeepAlive && requestDone
+        if let up = upstream {
+            upstream = nil
+            up.release(reusable: reusable)
+        }
+        finish(status: responseStatus, flags: "-", details: "via_upstream", local: false)
+    }
+
+    /// The client's socket drained below the low watermark: read more from the upstream.
+    func downstreamDrained() {
+        guard let up = upstream, up.readPaused, !finished else { return }
+        up.readPaused = false
+        worker.loop.deferWork { [up] in up.readLoop() }
+    }
+
+    func upstreamFailed(details: String, receivedResponse: Bool) {
+        guard !finished else { return }
+        let wasReused = (upstream?.requestsSent ?? 0) > 1
+        upstream = nil
+        // A pooled connection the upstream closed just as we reused it: retry once on a fresh
+        // one, but only when no body was involved and nothing came back.
+        if wasReused && !retried && !receivedResponse && requestFraming == .none && !responseHeadSent && upgrade == nil {
+            retried = true
+            connectUpstream()
+            return
+        }
+        let reason = details == "upstream_protocol_error" ? "protocol" : "reset"
+        listener.stats.upstreamError(reason, shard: worker.index)
+        if responseHeadSent || tunnelActive {
+            // Part of the response is out: the only honest signal left is closing the connection.
+            finish(status: responseStatus, flags: "UC", details: details, local: false)
+            downstream.abort(flags: "UC", details: details)
+            return
+        }
+        let kind: OutriderError.Kind = reason == "protocol" ? .upstreamProtocol : .upstreamReset
+        var reply = OutriderError(kind, source: .upstream, "upstream \(listener.upstream.spec) closed the connection").localReply
+        reply.details = details
+        localReply(reply, flags: "UC")
+    }
+
+    // MARK: tunnel (Upgrade)
+
+    private var tunnelActive = false
+
+    private func startTunnel(_ head: ResponseHead, upgrade u: String) {
+        guard let up = upstream else { return }
+        responseStatus = 101
+        record.upstreamServiceMillis = Double(worker.loop.now &- upstreamSentAt) / 1e6
+        var r = head
+        r.version = .http11
+        removeHopByHopHeaders(&r.headers)
+        r.headers.add(name: "connection", value: "upgrade")
+        r.headers.add(name: "upgrade", value: head.headers.first("upgrade") ?? u)
+        HTTP1Serializer.writeResponseHead(r, into: &downstream.out)
+        responseHeadSent = true
+        tunnelActive = true
+        up.tunnel = true
+        downstream.flush()
+        downstream.enterTunnel()
+    }
+
+    func tunnelFromDownstream(_ bytes: UnsafeRawBufferPointer) {
+        guard let up = upstream else { return }
+        bodyBytesIn &+= UInt64(bytes.count)
+        up.out.append(bytes)
+        up.flush()
+        if up.outputAboveHighWatermark { downstream.readPaused = true }
+    }
+
+    func tunnelFromUpstream(_ bytes: UnsafeRawBufferPointer) {
+        guard let up = upstream else { return }
+        bodyBytesOut &+= UInt64(bytes.count)
+        downstream.out.append(bytes)
+        downstream.flush()
+        if downstream.outputAboveHighWatermark { up.readPaused = true }
+    }
+
+    func tunnelDownstreamClosed() {
+        tunnelDownClosed = true
+        if let up = upstream { up.flush(); Socket.shutdownWrite(up.fd) }
+        if tunnelUpClosed { endTunnel() }
+    }
+
+    func tunnelUpstreamClosed() {
+        tunnelUpClosed = true
+        downstream.flush()
+        if tunnelDownClosed { endTunnel() } else {
+            // The workload ended the session: finish writing to the client, then close.
+            endTunnel()
+        }
+    }
+
+    private func endTunnel() {
+        if let up = upstream { upstream = nil; up.close() }
+        downstream.closeAfterResponse = true
+        finish(status: 101, flags: "-", details: "via_upstream", local: false)
+    }
+
+    // MARK: failure and completion
+
+    /// The client sent something invalid mid-request (e.g. a bad chunk size).
+    func failFromDownstream(_ reply: LocalReply, flags: String) {
+        guard !finished else { return }
+        if let up = upstream { upstream = nil; up.close() }
+        if responseHeadSent {
+            finish(status: responseStatus, flags: flags, details: reply.details, local: false)
+            downstream.abort(flags: flags, details: reply.details)
+        } else {
+            localReply(reply, flags: flags)
+        }
+    }
+
+    /// Sends a local reply (when no response head went out yet) and finishes.
+    private func localReply(_ reply: LocalReply, flags: String) {
+        if let up = upstream { upstream = nil; up.close() }
+        guard !responseHeadSent else {
+            finish(status: responseStatus, flags: flags, details: reply.details, local: false)
+            downstream.abort(flags: flags, details: reply.details)
+            return
+        }
+        if !requestDone { downstream.closeAfterResponse = true }   // unread body would desync the connection
+        downstream.sendLocalReply(reply, requestID: record.requestID)
+        bodyBytesOut &+= UInt64(reply.body.utf8.count)
+        responseHeadSent = true
+        finish(status: reply.status, flags: flags, details: reply.details, local: true)
+        downstream.flush()
+    }
+
+    /// The downstream went away or the worker is shutting down.
+    func abort(flags: String, details: String) {
+        guard !finished else { return }
+        if let up = upstream { upstream = nil; up.close() }
+        finish(status: responseHeadSent ? responseStatus : 0, flags: flags, details: details, local: false)
+    }
+
+    func checkDeadlines(now: UInt64) {
+        guard !finished else { return }
+        if connectDeadline != 0, let up = upstream, !up.connected, now >= connectDeadline {
+            upstream = nil
+            up.close()
+            listener.stats.upstreamError("connect_timeout", shard: worker.index)
+            localReply(OutriderError(.connectTimeout, source: .upstream, "upstream \(listener.upstream.spec) did not accept the connection in time").localReply, flags: "UF")
+            return
+        }
+        if responseDeadline != 0 && now >= responseDeadline && !responseHeadSent {
+            listener.stats.upstreamError("response_timeout", shard: worker.index)
+            localReply(OutriderError(.upstreamTimeout, source: .upstream, "upstream \(listener.upstream.spec) did not answer in time").localReply, flags: "UT")
+            return
+        }
+        if requestDeadline != 0 && now >= requestDeadline && !tunnelActive {
+            if requestDone {
+                listener.stats.upstreamError("response_timeout", shard: worker.index)
+                localReply(OutriderError(.upstreamTimeout, source: .upstream, "request timeout").localReply, flags: "UT")
+            } else {
+                localReply(OutriderError(.requestTimeout, source: .downstream, "request not received in time").localReply, flags: "DPE")
+            }
+        }
+    }
+
+    private func finish(status: Int, flags: String, details: String, local: Bool) {
+        guard !finished else { return }
+        finished = true
+        if let up = upstream { upstream = nil; up.close() }
+        let now = worker.loop.now
+        record.responseCode = status
+        record.responseFlags = flags
+        record.details = details
+        record.durationMillis = Double(now &- startMono) / 1e6
+        // Body bytes, as Envoy counts them (local replies count their body).
+        record.bytesReceived = bodyBytesIn
+        record.bytesSent = bodyBytesOut
+        downstream.finishStats(status: status, details: local ? details : nil, durationNanos: now &- startMono)
+        worker.log(record)
+        downstream.exchangeFinished()
+    }
+}

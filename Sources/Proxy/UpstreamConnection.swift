@@ -1,0 +1,229 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import EventLoop
+import HTTP1
+import OutriderCore
+
+/// One TCP connection to the workload. While an exchange holds it, response bytes go to that
+/// exchange; while it idles in the pool, any input (or EOF) means the upstream closed it.
+final class UpstreamConnection: EventHandler {
+    let fd: Int32
+    unowned let worker: Worker
+    let pool: UpstreamPool
+    let address: ResolvedAddress
+    private(set) var connected: Bool
+    private(set) var isClosed = false
+    var out = ByteBuffer()
+    private var parser = HTTP1ResponseParser()
+    private var pending: [UInt8] = []
+    private var readable = false
+    private var writable = false
+    /// Set while the downstream cannot take more response bytes (backpressure).
+    var readPaused = false
+    var exchange: Exchange?
+    var idleSince: UInt64 = 0
+    /// Raw byte relay after a 101 response.
+    var tunnel = false
+    /// Response bytes arrived for the current request (a failure after that is not retried).
+    private(set) var receivedResponseBytes = false
+    /// Requests this connection carried; > 0 when taken from the pool.
+    private(set) var requestsSent = 0
+    private var releasePending = false
+
+    /// Starts a non-blocking connect and registers with the worker's loop.
+    init(address: ResolvedAddress, worker: Worker, pool: UpstreamPool) throws(SystemError) {
+        let (fd, done) = try Socket.connect(address)
+        self.fd = fd
+        self.worker = worker
+        self.pool = pool
+        self.address = address
+        connected = done
+        writable = done
+        Socket.setNoDelay(fd)
+        do {
+            try worker.loop.register(fd: fd, handler: self)
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+    }
+
+    // MARK: exchange API
+
+    /// Prepares for the next response to `method`, attached to `exchange`.
+    func begin(_ exchange: Exchange, method: String) {
+        self.exchange = exchange
+        parser.expectResponse(toMethod: method)
+        receivedResponseBytes = false
+        readPaused = false
+        requestsSent += 1
+    }
+
+    /// After a complete response: back to the pool when reusable and nothing unexpected is
+    /// buffered; closed otherwise. Decided after the current read batch ends.
+    func release(reusable: Bool) {
+        exchange = nil
+        guard reusable, !tunnel else { close(); return }
+        releasePending = true
+        worker.loop.deferWork { [self] in
+            releasePending = false
+            guard !isClosed else { return }
+            if pending.isEmpty && out.isEmpty && parser.isIdle {
+                let snap = worker.snapshot
+                pool.put(self, maxIdle: snap.config.limits.upstreamMaxIdle, now: worker.loop.now)
+            } else {
+                close()
+            }
+        }
+    }
+
+    func flush() {
+        guard connected, !isClosed else { return }
+        var sent: UInt64 = 0
+        if !flushBuffer(fd: fd, out: &out, writable: &writable, sent: &sent) {
+            failed(details: "upstream_reset")
+            return
+        }
+        if out.readableBytes <= Watermark.low { exchange?.upstreamDrained() }
+    }
+
+    var outputAboveHighWatermark: Bool { out.readableBytes > Watermark.high }
+
+    func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        exchange = nil
+        worker.loop.deregister(fd: fd)
+        Glibc.close(fd)
+        pending = []
+        out.clear()
+        pool.remove(self)
+    }
+
+    // MARK: events
+
+    func handleEvent(_ events: UInt32) {
+        if !connected {
+            let err = Socket.pendingError(fd)
+            if err != 0 {
+                let ex = exchange
+                close()
+                ex?.upstreamConnectFailed(errno: err)
+                return
+            }
+            guard events & IOEvent.writable != 0 else { return }
+            connected = true
+            writable = true
+            flush()
+        }
+        if events & (IOEvent.error | IOEvent.hangup) != 0 && events & IOEvent.readable == 0 {
+            failed(details: "upstream_reset")
+            return
+        }
+        if events & IOEvent.writable != 0 {
+            writable = true
+            flush()
+        }
+        if events & (IOEvent.readable | IOEvent.readHangup | IOEvent.hangup | IOEvent.error) != 0 {
+            readable = true
+            readLoop()
+        }
+    }
+
+    func readLoop() {
+        var rounds = 0
+        while readable && !readPaused && !isClosed {
+            rounds += 1
+            if rounds > 16 {
+                worker.loop.deferWork { [weak self] in self?.readLoop() }
+                return
+            }
+            guard exchange != nil || releasePending else {
+                // Idle in the pool: data or EOF both mean this connection is finished.
+                close()
+                return
+            }
+            switch readThroughScratch(fd: fd, pending: &pending, scratch: worker.scratch) {
+            case .wouldBlock:
+                readable = false
+            case .endOfStream:
+                readable = false
+                endOfStream()
+                return
+            case .failed:
+                failed(details: "upstream_reset")
+                return
+            case .data(let bytes, _):
+                process(bytes)
+            }
+        }
+    }
+
+    private func process(_ bytes: UnsafeRawBufferPointer) {
+        var offset = 0
+        defer {
+            if offset < bytes.count && !isClosed {
+                pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[offset...]))
+            }
+        }
+        if bytes.count > 0 { receivedResponseBytes = true }
+        // Keep asking the parser even with no bytes left: an `.end` can follow the last body byte.
+        while !isClosed && !readPaused {
+            guard let ex = exchange else { return }
+            if tunnel {
+                if offset < bytes.count { ex.tunnelFromUpstream(UnsafeRawBufferPointer(rebasing: bytes[offset...])) }
+                offset = bytes.count
+                return
+            }
+            let slice = UnsafeRawBufferPointer(rebasing: bytes[offset...])
+            let result: (event: HTTP1ResponseEvent?, consumed: Int)
+            do {
+                result = try parser.parse(slice)
+            } catch {
+                offset = bytes.count
+                Diagnostics.log(.warn, "upstream \(address.spec): invalid response: \(error)")
+                failed(details: "upstream_protocol_error")
+                return
+            }
+            offset += result.consumed
+            guard let event = result.event else {
+                if result.consumed == 0 || offset >= bytes.count { return }
+                continue
+            }
+            switch event {
+            case .head(let head, let framing, let keepAlive):
+                ex.upstreamResponseHead(head, framing: framing, keepAlive: keepAlive)
+            case .body(let range):
+                ex.upstreamResponseBody(UnsafeRawBufferPointer(rebasing: slice[range]))
+            case .end(let trailers):
+                ex.upstreamResponseEnd(trailers: trailers)
+            }
+        }
+    }
+
+    private func endOfStream() {
+        guard let ex = exchange else { close(); return }
+        if tunnel {
+            ex.tunnelUpstreamClosed()
+            return
+        }
+        // A close-delimited body ends here; anything else is a truncated response.
+        do {
+            if let event = try parser.finish(), case .end(let trailers) = event {
+                ex.upstreamResponseEnd(trailers: trailers)
+                close()
+                return
+            }
+        } catch {}
+        failed(details: "upstream_reset")
+    }
+
+    /// A broken connection: the exchange decides whether to retry, reply 502 or abort.
+    private func failed(details: String) {
+        let ex = exchange
+        let got = receivedResponseBytes
+        close()
+        ex?.upstreamFailed(details: details, receivedResponse: got)
+    }
+}
