@@ -88,6 +88,7 @@ class Running:
         self.procs = procs
         self.measured_pids = measured_pids
         self.logfile = logfile
+        self.access_log: str | None = None  # Outrider rows logging to a file
 
     def stop(self) -> None:
         for p in self.procs:
@@ -375,13 +376,23 @@ def start_outrider(ctx: Context, t: Target) -> Running:
     with open(conf, "w") as f:
         f.write(outrider_config(ctx, t, port, admin, d))
     logfile = os.path.join(d, "stderr.log")
+    chk = subprocess.run([OUTRIDER_BIN, "check", "--config", conf], capture_output=True, text=True,
+                         timeout=30)
+    if chk.returncode != 0:
+        with open(logfile, "w") as f:
+            f.write(f"$ outrider check --config {conf}\n{chk.stdout}{chk.stderr}\n--- config ---\n")
+            f.write(open(conf).read())
+        raise StartError(f"`outrider check` rejected the config (exit {chk.returncode})", logfile)
     env = {k: v for k, v in os.environ.items()
            if k not in ("OUTRIDER_WORKERS", "OUTRIDER_ADMIN_ADDRESS", "OUTRIDER_LOG_LEVEL")}
     env["OUTRIDER_LOG_LEVEL"] = "warn"
     p = spawn([OUTRIDER_BIN, "run", "--config", conf], logfile, env=env)
     wait_until(lambda: http_get(admin, "/ready")[0] == 200, 15, f"{t.name} /ready", p, logfile)
     wait_until(lambda: port_serves_body(port), 5, f"{t.name} proxying", p, logfile)
-    return Running(t.name, port, [p], lambda: [p.pid] + descendants(p.pid), logfile)
+    r = Running(t.name, port, [p], lambda: [p.pid] + descendants(p.pid), logfile)
+    if t.access_log != "off":
+        r.access_log = os.path.join(d, "access.log")
+    return r
 
 
 # The rows, in order. Add a row by appending one entry, e.g.
@@ -520,6 +531,11 @@ def measure(ctx: Context, t: Target) -> Row:
         row.cpu_us = (after - before) / CLK_TCK * 1e6 / max(res.requests, 1)
         if res.non2xx or res.socket_errors:
             row.error = f"{res.non2xx} non-2xx replies, {res.socket_errors} socket errors"
+        if running.access_log is not None:
+            size = os.path.getsize(running.access_log) if os.path.exists(running.access_log) else 0
+            log(f"{t.name}: access log {size / 1e6:.1f} MB ({size / max(res.requests, 1):.0f} B/request)")
+            if size == 0:
+                row.error = "access log file is empty"
         log(f"{t.name}: {IDLE_CONNS} idle keep-alive connections")
         socks = open_idle_connections(running.port, IDLE_CONNS)
         try:
@@ -564,6 +580,7 @@ def fmt_kib(v: int | None) -> str:
 def report(rows: list[Row]) -> tuple[str, dict, bool]:
     by = {r.target.name: r for r in rows}
     direct = by.get("direct")
+    conns_label = "1k" if IDLE_CONNS == 1000 else str(IDLE_CONNS)
     lines = [
         f"# Outrider benchmark — {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
         "",
@@ -574,7 +591,7 @@ def report(rows: list[Row]) -> tuple[str, dict, bool]:
         f"Host: {os.cpu_count()} CPUs, {os.uname().release}; load average at start {LOAD_AT_START}"
         + (" — other work was running, numbers are noisy." if BUSY_AT_START else "."),
         "",
-        "| target | req/s | ×direct | p50 | p99 | CPU µs/req | RSS idle | RSS 1k conns |",
+        f"| target | req/s | ×direct | p50 | p99 | CPU µs/req | RSS idle | RSS {conns_label} conns |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
