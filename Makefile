@@ -1,0 +1,76 @@
+# Outrider — a sidecar proxy in Swift. `make run` and `make test` work on a fresh Debian 12
+# machine with Swift installed: missing Debian packages and Python test tools are installed here.
+
+SWIFT        ?= swift
+RELEASE_BIN  := .build/release/outrider
+SWIFT_RELEASE = $(SWIFT) build -c release --static-swift-stdlib --product outrider
+FUZZ_SECONDS ?= 600
+FUZZ_BIN     := .build-fuzz/release/HTTP1Fuzz
+
+# Debian packages: build-time C libraries, test peers and benchmark peers.
+APT_PACKAGES := curl wrk nginx-light haproxy nghttp2-client iptables iproute2 pkg-config
+PIP_PACKAGES := pytest
+
+.PHONY: all deps build run test unit-test integration-test redirect-test fuzz fuzz-smoke bench check clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@for p in $(PIP_PACKAGES); do python3 -c "import $$p" 2>/dev/null || pip install -q $$p; done
+
+build: deps
+	$(SWIFT_RELEASE)
+
+# Starts the demo upstream on 127.0.0.1:8080 and Outrider with outrider.yaml in front of it.
+run: build
+	@python3 deploy/demo/upstream.py --port 8080 --name demo > /tmp/outrider-demo-upstream.log 2>&1 & \
+	up=$$!; trap "kill $$up 2>/dev/null" EXIT INT TERM; \
+	echo ""; \
+	echo "  demo upstream on 127.0.0.1:8080; Outrider on 127.0.0.1:15006, admin on 127.0.0.1:15000"; \
+	echo "  try:  curl -i http://127.0.0.1:15006/echo"; \
+	echo "        curl http://127.0.0.1:15000/metrics"; \
+	echo ""; \
+	$(RELEASE_BIN) run --config outrider.yaml
+
+# Every test: Swift unit tests, the integration suite against the release binary, the
+# traffic-redirect test in network namespaces, and a short fuzz run of the HTTP/1 parsers.
+test: build unit-test integration-test redirect-test fuzz-smoke
+	@echo "make test: all suites passed"
+
+unit-test: deps
+	$(SWIFT) test
+
+integration-test: build
+	OUTRIDER_BIN=$(CURDIR)/$(RELEASE_BIN) python3 -m pytest -q Tests/integration
+
+redirect-test: deps
+	bash deploy/init/test_redirect.sh
+
+$(FUZZ_BIN): $(shell find Sources/HTTP1 Sources/HTTP1Fuzz Sources/OutriderCore -name '*.swift')
+	$(SWIFT) build -c release --sanitize=fuzzer -Xswiftc -sanitize=fuzzer -Xswiftc -DFUZZING \
+	  --product HTTP1Fuzz --scratch-path .build-fuzz
+	@mkdir -p $(dir $(FUZZ_BIN)) && touch $(FUZZ_BIN)
+
+# libFuzzer on the HTTP/1 request and response parsers (10 minutes by default).
+fuzz: $(FUZZ_BIN)
+	@mkdir -p .build-fuzz/corpus && cp -n fuzz/http1-seeds/* .build-fuzz/corpus/ 2>/dev/null || true
+	SWIFT_BACKTRACE=enable=no $(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -timeout=10 .build-fuzz/corpus
+
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=60
+
+bench: build
+	OUTRIDER_BIN=$(CURDIR)/$(RELEASE_BIN) python3 bench/bench.py
+
+# Validates the shipped configs and every rule file they name.
+check: build
+	$(RELEASE_BIN) check --config outrider.yaml
+	$(RELEASE_BIN) check --config deploy/outrider.example.yaml
+
+clean:
+	rm -rf .build .build-fuzz
