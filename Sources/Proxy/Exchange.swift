@@ -103,8 +103,20 @@ final class Exchange {
             // before this point once the chain exists).
             downstream.out.append("HTTP/1.1 100 Continue\r\n\r\n")
         }
-        connectUpstream()
+        // A request with a body goes upstream once its first body bytes parse, so a request
+        // whose framing breaks at once (a bad first chunk size) never reaches the workload.
+        if requestFraming == .none { _ = ensureUpstream() }
         downstream.flush()
+    }
+
+    private var upstreamStarted = false
+
+    private func ensureUpstream() -> UpstreamConnection? {
+        if !upstreamStarted {
+            upstreamStarted = true
+            connectUpstream()
+        }
+        return finished ? nil : upstream
     }
 
     private func connectUpstream() {
@@ -133,7 +145,7 @@ final class Exchange {
     }
 
     func requestBody(_ bytes: UnsafeRawBufferPointer) {
-        guard let up = upstream, !finished else { return }
+        guard !finished, let up = ensureUpstream() else { return }
         bodyBytesIn &+= UInt64(bytes.count)
         switch requestFraming {
         case .chunked: HTTP1Serializer.writeChunk(bytes, into: &up.out)
@@ -144,12 +156,9 @@ final class Exchange {
     }
 
     func requestEnd(trailers: HTTPHeaders) {
-        guard let up = upstream, !finished else {
-            if !finished && upstream == nil && requestFraming != .none { requestComplete() }
-            return
-        }
+        guard !finished, requestFraming != .none, let up = ensureUpstream() else { return }
         if case .chunked = requestFraming { HTTP1Serializer.writeLastChunk(trailers: trailers, into: &up.out) }
-        if requestFraming != .none { requestComplete() }
+        requestComplete()
         up.flush()
     }
 
@@ -251,13 +260,14 @@ final class Exchange {
             up.release(reusable: reusable)
         }
         finish(status: responseStatus, flags: "-", details: "via_upstream", local: false)
+        downstream.flush()
     }
 
     /// The client's socket drained below the low watermark: read more from the upstream.
     func downstreamDrained() {
         guard let up = upstream, up.readPaused, !finished else { return }
         up.readPaused = false
-        worker.loop.deferWork { [up] in up.readLoop() }
+        worker.loop.deferWork { [up] in up.resumeInput() }
     }
 
     func upstreamFailed(details: String, receivedResponse: Bool) {

@@ -160,6 +160,18 @@ final class UpstreamConnection: EventHandler {
         }
     }
 
+    /// After backpressure lifts: first the bytes already buffered (the socket may have nothing
+    /// new, and edge-triggered epoll will not report them again), then the socket.
+    func resumeInput() {
+        guard !isClosed, !readPaused else { return }
+        if !pending.isEmpty {
+            let held = pending
+            pending = []
+            held.withUnsafeBytes { process($0) }
+        }
+        readLoop()
+    }
+
     private func process(_ bytes: UnsafeRawBufferPointer) {
         var offset = 0
         defer {
