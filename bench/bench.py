@@ -27,6 +27,7 @@ Environment:
   BENCH_TARGETS     comma list of row names to run (default: all); the direct row always runs
   BENCH_OUT         results directory (default <repo>/bench/results)
   BENCH_ENFORCE     if 1, exit 3 when an Outrider target from the issue is not met
+  BENCH_SYSCALLS    if 1, also count syscalls per request per row (separate run, strace -c)
 
 Exit codes: 0 ok; 1 a row failed (could not start, non-2xx replies, socket errors);
 2 a required tool (wrk, nginx, haproxy) is missing; 3 targets not met with BENCH_ENFORCE=1.
@@ -68,6 +69,7 @@ CONNS = env_int("BENCH_CONNS", 50)
 IDLE_CONNS = env_int("BENCH_IDLE_CONNS", 1000)
 OUTRIDER_BIN = os.environ.get("OUTRIDER_BIN", os.path.join(REPO, ".build", "release", "outrider"))
 OUT_DIR = os.environ.get("BENCH_OUT", os.path.join(HERE, "results"))
+SYSCALLS = os.environ.get("BENCH_SYSCALLS") == "1"
 
 
 def log(msg: str) -> None:
@@ -498,6 +500,32 @@ def open_idle_connections(port: int, n: int) -> list[socket.socket]:
     return socks
 
 
+def count_syscalls(running: Running, seconds: int = 3) -> dict[str, float] | None:
+    """A separate short run under `strace -c -f`: syscalls per request (strace slows the target,
+    so this never overlaps the measured run)."""
+    if shutil.which("strace") is None:
+        log("BENCH_SYSCALLS=1 but strace is missing (apt-get install -y strace)")
+        return None
+    argv = ["strace", "-c", "-f", "-U", "name,calls,errors"]
+    for pid in running.measured_pids():
+        argv += ["-p", str(pid)]
+    st = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        res = wrk(running.port, seconds)
+    finally:
+        st.send_signal(signal.SIGINT)
+        err = st.communicate(timeout=10)[1]
+    out: dict[str, float] = {}
+    for line in err.splitlines():
+        f = line.split()
+        if len(f) >= 2 and f[1].isdigit() and not f[0].startswith("-"):
+            out[f[0]] = int(f[1]) / max(res.requests, 1)
+            if len(f) >= 3 and f[2].isdigit() and int(f[2]):
+                out[f[0] + " (errors)"] = int(f[2]) / max(res.requests, 1)
+    return out
+
+
 @dataclasses.dataclass
 class Row:
     target: Target
@@ -507,6 +535,7 @@ class Row:
     cpu_us: float | None = None
     rss_idle_kib: int | None = None
     rss_conns_kib: int | None = None
+    syscalls: dict[str, float] | None = None  # BENCH_SYSCALLS=1: syscalls per request, by name
     error: str | None = None
 
 
@@ -544,6 +573,8 @@ def measure(ctx: Context, t: Target) -> Row:
         finally:
             for s in socks:
                 s.close()
+        if SYSCALLS:
+            row.syscalls = count_syscalls(running)
         log(f"{t.name}: {row.rps:,.0f} req/s p50 {fmt_us(row.p50_us)} p99 {fmt_us(row.p99_us)} "
             f"cpu {row.cpu_us:.1f} us/req rss {fmt_kib(row.rss_idle_kib)} / {fmt_kib(row.rss_conns_kib)}")
     except StartError as e:
@@ -603,6 +634,16 @@ def report(rows: list[Row]) -> tuple[str, dict, bool]:
         lines.append(f"| {name} | {r.rps:,.0f} | {x} | {fmt_us(r.p50_us)} | {fmt_us(r.p99_us)} | "
                      f"{r.cpu_us:.1f} | {fmt_kib(r.rss_idle_kib)} | {fmt_kib(r.rss_conns_kib)} |")
     lines.append("")
+    if any(r.syscalls for r in rows):
+        lines.append("Syscalls per request (separate 3 s run under strace -c):")
+        lines.append("")
+        for r in rows:
+            if r.syscalls:
+                top = sorted(((v, k) for k, v in r.syscalls.items() if v >= 0.05 and not k.startswith("total")),
+                             reverse=True)
+                lines.append(f"- {r.target.name}: total {r.syscalls.get('total', 0):.2f} — "
+                             + ", ".join(f"{k} {v:.2f}" for v, k in top))
+        lines.append("")
     for r in rows:
         if r.error and r.rps is not None:
             lines.append(f"⚠ {r.target.name}: {r.error}")
@@ -632,7 +673,7 @@ def report(rows: list[Row]) -> tuple[str, dict, bool]:
         "rows": [{"target": r.target.name, "note": r.target.note, "rps": r.rps, "p50_us": r.p50_us,
                   "p99_us": r.p99_us, "cpu_us_per_request": r.cpu_us,
                   "rss_idle_kib": r.rss_idle_kib, "rss_1k_conns_kib": r.rss_conns_kib,
-                  "error": r.error} for r in rows],
+                  "syscalls_per_request": r.syscalls, "error": r.error} for r in rows],
         "targets": [{"check": d, "met": ok} for d, ok in checks],
     }
     return "\n".join(lines) + "\n", data, all_met
