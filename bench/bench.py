@@ -27,6 +27,7 @@ Environment:
   BENCH_TARGETS     comma list of row names to run (default: all); the direct row always runs
   BENCH_OUT         results directory (default <repo>/bench/results)
   BENCH_ENFORCE     if 1, exit 3 when an Outrider target from the issue is not met
+  BENCH_REPEAT      measured runs per row; the median run (by req/s) is reported (default 1)
   BENCH_SYSCALLS    if 1, also count syscalls per request per row (separate run, strace -c)
 
 Exit codes: 0 ok; 1 a row failed (could not start, non-2xx replies, socket errors);
@@ -70,6 +71,7 @@ IDLE_CONNS = env_int("BENCH_IDLE_CONNS", 1000)
 OUTRIDER_BIN = os.environ.get("OUTRIDER_BIN", os.path.join(REPO, ".build", "release", "outrider"))
 OUT_DIR = os.environ.get("BENCH_OUT", os.path.join(HERE, "results"))
 SYSCALLS = os.environ.get("BENCH_SYSCALLS") == "1"
+REPEAT = max(1, env_int("BENCH_REPEAT", 1))
 
 
 def log(msg: str) -> None:
@@ -552,14 +554,19 @@ def measure(ctx: Context, t: Target) -> Row:
         row.rss_idle_kib = rss_kib(pids)
         log(f"{t.name}: warm-up {WARMUP}s")
         wrk(running.port, WARMUP)
-        before = cpu_ticks(pids)
-        log(f"{t.name}: measuring {SECONDS}s, {CONNS} connections")
-        res = wrk(running.port, SECONDS)
-        after = cpu_ticks(pids)
+        runs = []
+        for i in range(REPEAT):
+            before = cpu_ticks(pids)
+            log(f"{t.name}: measuring {SECONDS}s, {CONNS} connections"
+                + (f" (run {i + 1}/{REPEAT})" if REPEAT > 1 else ""))
+            res = wrk(running.port, SECONDS)
+            after = cpu_ticks(pids)
+            runs.append((res, (after - before) / CLK_TCK * 1e6 / max(res.requests, 1)))
+            if res.non2xx or res.socket_errors:
+                row.error = f"{res.non2xx} non-2xx replies, {res.socket_errors} socket errors"
+        runs.sort(key=lambda x: x[0].rps)
+        res, row.cpu_us = runs[len(runs) // 2]  # the median run by req/s
         row.rps, row.p50_us, row.p99_us = res.rps, res.p50_us, res.p99_us
-        row.cpu_us = (after - before) / CLK_TCK * 1e6 / max(res.requests, 1)
-        if res.non2xx or res.socket_errors:
-            row.error = f"{res.non2xx} non-2xx replies, {res.socket_errors} socket errors"
         if running.access_log is not None:
             size = os.path.getsize(running.access_log) if os.path.exists(running.access_log) else 0
             log(f"{t.name}: access log {size / 1e6:.1f} MB ({size / max(res.requests, 1):.0f} B/request)")
@@ -615,7 +622,8 @@ def report(rows: list[Row]) -> tuple[str, dict, bool]:
     lines = [
         f"# Outrider benchmark — {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
         "",
-        f"`wrk -t1 -c{CONNS} -d{SECONDS}s --latency` on 127.0.0.1 after a {WARMUP} s warm-up; "
+        f"`wrk -t1 -c{CONNS} -d{SECONDS}s --latency` on 127.0.0.1 after a {WARMUP} s warm-up"
+        + (f", median of {REPEAT} runs" if REPEAT > 1 else "") + "; "
         f"{BODY_SIZE} B body from a 1-worker nginx upstream; one target at a time. "
         f"CPU µs/req: utime+stime of the proxy worker(s) / requests. "
         f"RSS: VmRSS (MB = 2^20 B) idle after start, and with {IDLE_CONNS} idle keep-alive connections. "
@@ -669,7 +677,7 @@ def report(rows: list[Row]) -> tuple[str, dict, bool]:
                      f"({prim.error}).")
     all_met = bool(checks) and all(ok for _, ok in checks)
     data = {
-        "time": time.time(), "load_average_at_start": LOAD_AT_START, "seconds": SECONDS, "connections": CONNS, "idle_connections": IDLE_CONNS,
+        "time": time.time(), "load_average_at_start": LOAD_AT_START, "repeat": REPEAT, "seconds": SECONDS, "connections": CONNS, "idle_connections": IDLE_CONNS,
         "rows": [{"target": r.target.name, "note": r.target.note, "rps": r.rps, "p50_us": r.p50_us,
                   "p99_us": r.p99_us, "cpu_us_per_request": r.cpu_us,
                   "rss_idle_kib": r.rss_idle_kib, "rss_1k_conns_kib": r.rss_conns_kib,
