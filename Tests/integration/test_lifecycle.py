@@ -44,7 +44,7 @@ def _drain_and_observe(p, trigger):
             ready.append(type(e).__name__)
         if 0.2 < time.monotonic() - t0 < 1.2 and len(new_conn) < 3:
             try:
-                r = http_request(p.port, "GET", "/name", timeout=2)
+                r = http_request(p.port, "GET", "/name", timeout=1)
                 new_conn.append(r.status)
             except (OSError, ConnClosed, ValueError) as e:
                 new_conn.append(type(e).__name__)
@@ -60,7 +60,9 @@ def _check_drain(p, results, ready, new_conn, rc, exit_after):
     assert results == [(200, b"slept 1500\n")] * 10, "in-flight requests during drain: %r" % results
     assert 503 in ready, "/ready never returned 503 during the drain (saw %r)" % ready
     assert 200 not in ready[ready.index(503):], "/ready went back to 200 during drain: %r" % ready
-    assert new_conn and 200 not in new_conn, "new connections after drain start were served: %r" % new_conn
+    ok = {503, "ConnectionRefusedError", "ConnectionResetError", "ConnClosed", "BrokenPipeError"}
+    assert new_conn and all(x in ok for x in new_conn), \
+        "new connections after drain start must be refused, closed or get 503; got %r" % new_conn
     assert rc == 0, "outrider exit code %r (exited after %.1fs)\n%s" % (rc, exit_after, p.diag())
     assert exit_after < 5.0
 

@@ -34,6 +34,12 @@ CASES = [
 ]
 
 
+# Errors found in the body, after a valid head: a streaming proxy may already have sent the head
+# upstream (so outrider_upstream_requests_total may count it), but the upstream must never
+# complete the request; the upstream's own served count is the check for these.
+BODY_ERRORS = {"bad_chunk_size"}
+
+
 @pytest.mark.parametrize("name,status,data", CASES, ids=[c[0] for c in CASES])
 def test_rejected_before_upstream(upstream, proxy, name, status, data):
     a = upstream("A")
@@ -55,7 +61,8 @@ def test_rejected_before_upstream(upstream, proxy, name, status, data):
     assert a.count() == count0 + 1, "%s reached the upstream (count %d -> %d, 1 expected from the " \
         "follow-up request)" % (name, count0, a.count())
     ups1 = p.metric("outrider_upstream_requests_total", listener="inbound") or 0
-    assert ups1 - ups0 == 1, "outrider_upstream_requests_total moved by %s (expected 1)" % (ups1 - ups0)
+    if name not in BODY_ERRORS:
+        assert ups1 - ups0 == 1, "outrider_upstream_requests_total moved by %s (expected 1)" % (ups1 - ups0)
     lr = p.metric("outrider_local_replies_total", listener="inbound")
     assert lr and lr >= 1, "outrider_local_replies_total not incremented for %s" % name
 
