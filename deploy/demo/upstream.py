@@ -17,7 +17,7 @@ Endpoints (every response carries `x-upstream-name: <name>`):
   GET  /status/CODE    that status (no body for 204/304)
   GET  /ws             WebSocket echo (text/binary echoed, ping answered, close answered)
   GET  /hang           reads the request, never answers; holds the socket until the peer closes
-  GET  /__count        number of requests fully served so far (not counting /__count itself)
+  GET  /__count        number of requests received so far (not counting /__count itself)
 HEAD works on every endpoint (same headers, no body). Request bodies (Content-Length or
 chunked, with trailers) are always consumed, streaming; `Expect: 100-continue` is answered.
 The pattern byte at offset i is PATTERN[i % len(PATTERN)], PATTERN = bytes(range(256)) * 256.
@@ -253,6 +253,10 @@ class Handler(socketserver.BaseRequestHandler):
                     print("%s %s %s" % (self.name, req.method, req.target), file=sys.stderr, flush=True)
                 if req.get("expect", "").lower() == "100-continue" and req.version == "HTTP/1.1":
                     self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                # Counted on receipt, before answering: a client that reads the response and
+                # then asks /__count must already see this request.
+                if req.path != "/__count":
+                    self.server.served.incr()
                 try:
                     keep = self.dispatch(req)
                 except BadRequest as e:
@@ -260,8 +264,6 @@ class Handler(socketserver.BaseRequestHandler):
                     self.sock.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: %d\r\n"
                                       b"connection: close\r\n\r\n%s" % (len(msg), msg))
                     return
-                if req.path != "/__count":
-                    self.server.served.incr()
                 if not keep or req.wants_close():
                     return
         except (ClientGone, ConnectionError, TimeoutError, socket.timeout, BrokenPipeError):
