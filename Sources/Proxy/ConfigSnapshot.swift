@@ -9,12 +9,15 @@ public final class ListenerRuntime: Sendable {
     public let name: String
     public let address: SocketAddressSpec
     let upstream: ResolvedAddress
+    /// The pool key for `upstream`, computed once instead of per request.
+    let upstreamKey: String
     let stats: ListenerStats
 
     init(_ c: ListenerConfig, metrics: ProxyMetrics) throws(SystemError) {
         name = c.name
         address = c.address
         upstream = try ResolvedAddress(c.upstream)
+        upstreamKey = c.upstream.description
         stats = metrics.listenerStats(c.name)
     }
 }

@@ -24,6 +24,10 @@ final class DownstreamConnection: EventHandler {
     private(set) var listener: ListenerRuntime
     let peer: String
     let peerPort: UInt16
+    /// "address:port" of the client, for the access log.
+    let peerDescription: String
+    /// The snapshot version `listener` was taken from.
+    private var listenerVersion: Int
 
     private(set) var state: State = .http
     private var parser: HTTP1RequestParser
@@ -57,7 +61,9 @@ final class DownstreamConnection: EventHandler {
         self.listener = listener
         self.peer = peer
         self.peerPort = peerPort
+        peerDescription = "\(peer):\(peerPort)"
         let snap = worker.snapshot
+        listenerVersion = snap.version
         parser = HTTP1RequestParser(limits: snap.parserLimits)
         // A new connection must send its first request head promptly.
         headDeadline = worker.loop.now &+ nonZero(snap.config.timeouts.headerRead)
@@ -75,6 +81,7 @@ final class DownstreamConnection: EventHandler {
             flush()
         }
         if events & (IOEvent.readable | IOEvent.readHangup | IOEvent.hangup | IOEvent.error) != 0 {
+            if events & (IOEvent.readHangup | IOEvent.hangup) != 0 { hangupSeen = true }
             readable = true
             readLoop()
         }
@@ -103,12 +110,29 @@ final class DownstreamConnection: EventHandler {
                 readable = false
                 abort(flags: "DC", details: "downstream_reset")
                 return
-            case .data(let bytes, let fresh):
+            case .data(let bytes, let fresh, let drained):
                 bytesReceivedTotal &+= UInt64(fresh)
                 listener.stats.bytesReceived.add(UInt64(fresh), shard: worker.index)
-                process(bytes)
+                // A short read drained the socket: the next arrival raises a new edge, so the
+                // read that would only say EAGAIN is skipped (not when a FIN may be pending).
+                if drained && !hangupSeen { readable = false }
+                processBatch(bytes)
             }
         }
+    }
+
+    /// True while a batch of input is being processed: output is flushed once at its end.
+    private(set) var isProcessingInput = false
+    /// The peer signalled EPOLLRDHUP/EPOLLHUP: keep reading until EOF is actually seen.
+    private var hangupSeen = false
+
+    /// One batch of input, then one write per direction for everything it produced.
+    private func processBatch(_ bytes: UnsafeRawBufferPointer) {
+        isProcessingInput = true
+        process(bytes)
+        isProcessingInput = false
+        exchange?.flushUpstream()
+        flush()
     }
 
     /// Processes bytes (pending + fresh); whatever cannot be used yet is kept in `pending`.
@@ -175,7 +199,10 @@ final class DownstreamConnection: EventHandler {
 
     private func startExchange(_ head: RequestHead, framing: BodyFraming, keepAlive: Bool, expectsContinue: Bool, upgrade: String?) {
         let snap = worker.currentSnapshot()
-        if let l = snap.listeners[listener.name] { listener = l }
+        if snap.version != listenerVersion {
+            listenerVersion = snap.version
+            if let l = snap.listeners[listener.name] { listener = l }
+        }
         if !keepAlive || worker.draining { closeAfterResponse = true }
         let ex = Exchange(downstream: self, snapshot: snap, listener: listener, head: head, framing: framing,
                           clientKeepAlive: keepAlive, upgrade: upgrade, startWall: requestStartWall, startMono: requestStartMono)
@@ -210,7 +237,7 @@ final class DownstreamConnection: EventHandler {
         if !pending.isEmpty && !awaitingResponse {
             let held = pending
             pending = []
-            held.withUnsafeBytes { process($0) }
+            held.withUnsafeBytes { processBatch($0) }
         }
         if peerClosed && exchange == nil && state == .http {
             closeGracefully()
@@ -226,6 +253,7 @@ final class DownstreamConnection: EventHandler {
             let held = pending
             pending = []
             held.withUnsafeBytes { exchange?.tunnelFromDownstream($0) }
+            exchange?.flushUpstream()
         }
     }
 
@@ -247,7 +275,7 @@ final class DownstreamConnection: EventHandler {
                 closeAfterResponse = true
                 let held = pending
                 pending = []
-                held.withUnsafeBytes { process($0) }
+                held.withUnsafeBytes { processBatch($0) }
                 if exchange == nil { close() }
             } else {
                 close()
@@ -321,7 +349,7 @@ final class DownstreamConnection: EventHandler {
         rec.requestID = worker.random.uuid()
         rec.upstreamCluster = listener.name
         rec.listener = listener.name
-        rec.downstreamRemote = "\(peer):\(peerPort)"
+        rec.downstreamRemote = peerDescription
         rec.bytesReceived = bytesReceivedTotal
         let start = requestStartMono == 0 ? worker.loop.now : requestStartMono
         rec.durationMillis = Double(worker.loop.now &- start) / 1e6

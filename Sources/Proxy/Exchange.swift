@@ -61,19 +61,19 @@ final class Exchange {
         record.upstreamCluster = listener.name
         record.listener = listener.name
         record.upstreamHost = listener.upstream.spec.description
-        record.downstreamRemote = "\(downstream.peer):\(downstream.peerPort)"
+        record.downstreamRemote = downstream.peerDescription
 
         forwardHead = head
         forwardHead.version = .http11
         Exchange.prepareForwardHeaders(&forwardHead.headers, framing: framing, upgrade: self.upgrade,
-                                       peer: downstream.peer, random: &downstream.worker.random, record: &record)
+                                       peer: downstream.peer, random: downstream.worker.random, record: &record)
         let t = snapshot.config.timeouts
         if t.request > 0 { requestDeadline = self.startMono &+ t.request }
     }
 
     /// Hop-by-hop headers out; X-Forwarded-For/-Proto and X-Request-Id in (RFC 9110 §7.6.1).
     private static func prepareForwardHeaders(_ h: inout HTTPHeaders, framing: BodyFraming, upgrade: String?,
-                                              peer: String, random: inout FastRandom, record: inout AccessLogRecord) {
+                                              peer: String, random: FastRandom, record: inout AccessLogRecord) {
         let priorXFF = h.values("x-forwarded-for")
         removeHopByHopHeaders(&h)
         h.remove("expect")   // we answer 100-continue ourselves
@@ -106,7 +106,6 @@ final class Exchange {
         // A request with a body goes upstream once its first body bytes parse, so a request
         // whose framing breaks at once (a bad first chunk size) never reaches the workload.
         if requestFraming == .none { _ = ensureUpstream() }
-        downstream.flush()
     }
 
     private var upstreamStarted = false
@@ -120,7 +119,7 @@ final class Exchange {
     }
 
     private func connectUpstream() {
-        let pool = worker.pool(for: listener.upstream)
+        let pool = worker.pool(for: listener)
         let conn: UpstreamConnection
         if let idle = pool.take() {
             conn = idle
@@ -141,8 +140,12 @@ final class Exchange {
         listener.stats.upstreamRequests.increment(shard: worker.index)
         upstreamSentAt = worker.loop.now
         if requestFraming == .none { requestComplete() }
-        conn.flush()
+        // Inside a read batch the bytes go out with the batch flush; a retry has no batch.
+        if !downstream.isProcessingInput { conn.flush() }
     }
+
+    /// Writes what the last batch of client bytes produced for the upstream.
+    func flushUpstream() { upstream?.flush() }
 
     func requestBody(_ bytes: UnsafeRawBufferPointer) {
         guard !finished, let up = ensureUpstream() else { return }
@@ -151,7 +154,6 @@ final class Exchange {
         case .chunked: HTTP1Serializer.writeChunk(bytes, into: &up.out)
         default: up.out.append(bytes)
         }
-        up.flush()
         if up.outputAboveHighWatermark { downstream.readPaused = true }
     }
 
@@ -159,7 +161,6 @@ final class Exchange {
         guard !finished, requestFraming != .none, let up = ensureUpstream() else { return }
         if case .chunked = requestFraming { HTTP1Serializer.writeLastChunk(trailers: trailers, into: &up.out) }
         requestComplete()
-        up.flush()
     }
 
     private func requestComplete() {
@@ -236,7 +237,6 @@ final class Exchange {
         if !r.headers.contains("x-request-id") { r.headers.add(name: "x-request-id", value: record.requestID) }
         HTTP1Serializer.writeResponseHead(r, into: &downstream.out)
         responseHeadSent = true
-        downstream.flush()
     }
 
     func upstreamResponseBody(_ bytes: UnsafeRawBufferPointer) {
@@ -247,7 +247,6 @@ final class Exchange {
         case .asIs, .untilClose: downstream.out.append(bytes)
         case .none: return
         }
-        downstream.flush()
         if downstream.outputAboveHighWatermark { up.readPaused = true }
     }
 
@@ -260,7 +259,6 @@ final class Exchange {
             up.release(reusable: reusable)
         }
         finish(status: responseStatus, flags: "-", details: "via_upstream", local: false)
-        downstream.flush()
     }
 
     /// The client's socket drained below the low watermark: read more from the upstream.
@@ -320,7 +318,6 @@ final class Exchange {
         guard let up = upstream else { return }
         bodyBytesIn &+= UInt64(bytes.count)
         up.out.append(bytes)
-        up.flush()
         if up.outputAboveHighWatermark { downstream.readPaused = true }
     }
 
@@ -328,7 +325,6 @@ final class Exchange {
         guard let up = upstream else { return }
         bodyBytesOut &+= UInt64(bytes.count)
         downstream.out.append(bytes)
-        downstream.flush()
         if downstream.outputAboveHighWatermark { up.readPaused = true }
     }
 

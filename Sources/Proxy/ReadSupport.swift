@@ -7,7 +7,8 @@ import Glibc
 /// Outcome of one read attempt through a worker's scratch buffer.
 enum ReadOutcome {
     /// New bytes (with any previously pending bytes in front), valid until the next read on this worker.
-    case data(UnsafeRawBufferPointer, fresh: Int)
+    /// `drained`: the read returned less than there was room for, so the socket was empty.
+    case data(UnsafeRawBufferPointer, fresh: Int, drained: Bool)
     case wouldBlock
     case endOfStream
     case failed(Int32)
@@ -21,7 +22,7 @@ enum ReadOutcome {
 func readThroughScratch(fd: Int32, pending: inout [UInt8], scratch: UnsafeMutableRawBufferPointer) -> ReadOutcome {
     let have = pending.count
     if have > 0 {
-        guard have < scratch.count else { return .data(UnsafeRawBufferPointer(start: nil, count: 0), fresh: 0) }
+        guard have < scratch.count else { return .data(UnsafeRawBufferPointer(start: nil, count: 0), fresh: 0, drained: false) }
         pending.withUnsafeBytes { scratch.copyMemory(from: $0) }
     }
     let room = UnsafeMutableRawBufferPointer(rebasing: scratch[have...])
@@ -33,7 +34,7 @@ func readThroughScratch(fd: Int32, pending: inout [UInt8], scratch: UnsafeMutabl
             return .endOfStream
         case .done(let n):
             pending.removeAll(keepingCapacity: false)
-            return .data(UnsafeRawBufferPointer(rebasing: scratch[0..<(have + n)]), fresh: n)
+            return .data(UnsafeRawBufferPointer(rebasing: scratch[0..<(have + n)]), fresh: n, drained: n < room.count)
         }
     } catch {
         return .failed(error.errno)

@@ -126,6 +126,7 @@ final class UpstreamConnection: EventHandler {
             flush()
         }
         if events & (IOEvent.readable | IOEvent.readHangup | IOEvent.hangup | IOEvent.error) != 0 {
+            if events & (IOEvent.readHangup | IOEvent.hangup) != 0 { hangupSeen = true }
             readable = true
             readLoop()
         }
@@ -154,8 +155,9 @@ final class UpstreamConnection: EventHandler {
             case .failed:
                 failed(details: "upstream_reset")
                 return
-            case .data(let bytes, _):
-                process(bytes)
+            case .data(let bytes, _, let drained):
+                if drained && !hangupSeen { readable = false }
+                processBatch(bytes)
             }
         }
     }
@@ -167,9 +169,19 @@ final class UpstreamConnection: EventHandler {
         if !pending.isEmpty {
             let held = pending
             pending = []
-            held.withUnsafeBytes { process($0) }
+            held.withUnsafeBytes { processBatch($0) }
         }
         readLoop()
+    }
+
+    /// The peer signalled EPOLLRDHUP/EPOLLHUP: keep reading until EOF is actually seen.
+    private var hangupSeen = false
+
+    /// One batch of response bytes, then one write to the client for all it produced.
+    private func processBatch(_ bytes: UnsafeRawBufferPointer) {
+        let client = exchange?.downstream
+        process(bytes)
+        client?.flush()
     }
 
     private func process(_ bytes: UnsafeRawBufferPointer) {

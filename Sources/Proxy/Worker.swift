@@ -18,7 +18,7 @@ final class Worker {
     let shared: ProxyShared
     private(set) var snapshot: ConfigSnapshot
     let scratch: UnsafeMutableRawBufferPointer
-    var random = FastRandom()
+    let random = FastRandom()
     var logBuffer: [UInt8] = []
 
     private var listeners: [ListenerHandler] = []
@@ -102,8 +102,8 @@ final class Worker {
 
     // MARK: upstream pools
 
-    func pool(for address: ResolvedAddress) -> UpstreamPool {
-        let key = address.spec.description
+    func pool(for listener: ListenerRuntime) -> UpstreamPool {
+        let key = listener.upstreamKey
         if let p = pools[key] { return p }
         let p = UpstreamPool(key: key)
         pools[key] = p
