@@ -457,7 +457,12 @@ class Upstream:
         self.url = "http://%s" % self.addr
 
     def count(self):
+        """Requests completely received (head + whole body), counted before the response."""
         return int(http_request(self.port, "GET", "/__count").body)
+
+    def received(self):
+        """Request heads received (including ones whose body never completed)."""
+        return int(http_request(self.port, "GET", "/__received").body)
 
     def stop(self):
         kill_proc(self.proc)

@@ -17,7 +17,11 @@ Endpoints (every response carries `x-upstream-name: <name>`):
   GET  /status/CODE    that status (no body for 204/304)
   GET  /ws             WebSocket echo (text/binary echoed, ping answered, close answered)
   GET  /hang           reads the request, never answers; holds the socket until the peer closes
-  GET  /__count        number of requests received so far (not counting /__count itself)
+  GET  /__count        number of requests completely received (head and whole body) so far, not
+                       counting /__count itself; counted before the response is written, so a
+                       client that has read a response and then asks /__count sees it. A request
+                       whose body is cut off or malformed is not counted.
+  GET  /__received     number of request heads received (counted on receipt of the head)
 HEAD works on every endpoint (same headers, no body). Request bodies (Content-Length or
 chunked, with trailers) are always consumed, streaming; `Expect: 100-continue` is answered.
 The pattern byte at offset i is PATTERN[i % len(PATTERN)], PATTERN = bytes(range(256)) * 256.
@@ -214,7 +218,13 @@ class Handler(socketserver.BaseRequestHandler):
         for piece in self.body_reader(req):
             h.update(piece)
             n += len(piece)
+        self.mark_complete(req)
         return n, h.hexdigest()
+
+    def mark_complete(self, req):
+        if not self.counted and not req.path.startswith("/__"):
+            self.counted = True
+            self.server.served.incr()
 
     # ---- writing -------------------------------------------------------------------------
     def send_head(self, code, headers, close):
@@ -253,10 +263,11 @@ class Handler(socketserver.BaseRequestHandler):
                     print("%s %s %s" % (self.name, req.method, req.target), file=sys.stderr, flush=True)
                 if req.get("expect", "").lower() == "100-continue" and req.version == "HTTP/1.1":
                     self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-                # Counted on receipt, before answering: a client that reads the response and
-                # then asks /__count must already see this request.
-                if req.path != "/__count":
-                    self.server.served.incr()
+                # Heads are counted on receipt; complete requests once the body is fully read
+                # (see consume_body), always before the response is written.
+                self.counted = False
+                if not req.path.startswith("/__"):
+                    self.server.received.incr()
                 try:
                     keep = self.dispatch(req)
                 except BadRequest as e:
@@ -279,6 +290,7 @@ class Handler(socketserver.BaseRequestHandler):
             self.websocket(req)
             return False
         if p == "/hang":
+            self.consume_body(req)
             self.hang()
             return False
         if p == "/echo":
@@ -310,6 +322,8 @@ class Handler(socketserver.BaseRequestHandler):
             self.respond(req, 200, ("%s\n" % self.name).encode(), close=close)
         elif p == "/__count":
             self.respond(req, 200, ("%d\n" % self.server.served.value).encode(), close=close)
+        elif p == "/__received":
+            self.respond(req, 200, ("%d\n" % self.server.received.value).encode(), close=close)
         elif p.startswith("/bytes/"):
             n = self.int_arg(p, "/bytes/")
             head = self.send_head(200, [("content-type", "application/octet-stream"),
@@ -364,9 +378,9 @@ class Handler(socketserver.BaseRequestHandler):
         if not key:
             raise BadRequest("missing sec-websocket-key")
         accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+        self.mark_complete(req)
         self.sock.sendall(self.send_head(101, [("upgrade", "websocket"), ("connection", "Upgrade"),
                                                ("sec-websocket-accept", accept)], False))
-        self.server.served.incr()
         self.sock.settimeout(IDLE_TIMEOUT)
         while True:
             hdr = self.rfile.read(2)
@@ -430,6 +444,7 @@ class Server(socketserver.ThreadingTCPServer):
         self.upstream_name = name
         self.verbose = verbose
         self.served = Counter()
+        self.received = Counter()
         super().__init__(addr, Handler)
 
     def handle_error(self, request, client_address):
