@@ -553,7 +553,7 @@ def measure(ctx: Context, t: Target) -> Row:
             raise RuntimeError("no worker process found")
         row.rss_idle_kib = rss_kib(pids)
         log(f"{t.name}: warm-up {WARMUP}s")
-        wrk(running.port, WARMUP)
+        served = wrk(running.port, WARMUP).requests
         runs = []
         for i in range(REPEAT):
             before = cpu_ticks(pids)
@@ -562,6 +562,7 @@ def measure(ctx: Context, t: Target) -> Row:
             res = wrk(running.port, SECONDS)
             after = cpu_ticks(pids)
             runs.append((res, (after - before) / CLK_TCK * 1e6 / max(res.requests, 1)))
+            served += res.requests
             if res.non2xx or res.socket_errors:
                 row.error = f"{res.non2xx} non-2xx replies, {res.socket_errors} socket errors"
         runs.sort(key=lambda x: x[0].rps)
@@ -569,7 +570,7 @@ def measure(ctx: Context, t: Target) -> Row:
         row.rps, row.p50_us, row.p99_us = res.rps, res.p50_us, res.p99_us
         if running.access_log is not None:
             size = os.path.getsize(running.access_log) if os.path.exists(running.access_log) else 0
-            log(f"{t.name}: access log {size / 1e6:.1f} MB ({size / max(res.requests, 1):.0f} B/request)")
+            log(f"{t.name}: access log {size / 1e6:.1f} MB ({size / max(served, 1):.0f} B/request)")
             if size == 0:
                 row.error = "access log file is empty"
         log(f"{t.name}: {IDLE_CONNS} idle keep-alive connections")
