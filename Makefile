@@ -9,7 +9,7 @@ FUZZ_BIN     := .build-fuzz/release/HTTP1Fuzz
 
 # Debian packages: build-time C libraries, test peers and benchmark peers.
 APT_PACKAGES := curl wrk nginx-light haproxy nghttp2-client iptables iproute2 pkg-config
-PIP_PACKAGES := pytest
+PIP_PACKAGES := pytest rotel opentelemetry-proto
 
 .PHONY: all deps build run test unit-test integration-test redirect-test fuzz fuzz-smoke bench check clean
 
@@ -21,7 +21,7 @@ deps:
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@for p in $(PIP_PACKAGES); do python3 -c "import $$p" 2>/dev/null || pip install -q $$p; done
+	@for p in $(PIP_PACKAGES); do pip show -q $$p >/dev/null 2>&1 || pip install -q $$p; done
 
 build: deps
 	$(SWIFT_RELEASE)

@@ -22,15 +22,16 @@ enum CheckCommand {
 enum ConfigValidation {
     static func load(path: String, args: Arguments) -> Result<LoadedConfig, ConfigErrors> {
         var loaded: LoadedConfig
+        let environment = ProcessInfo.processInfo.environment
         do {
-            loaded = try ConfigLoader.load(path: path, environment: ProcessInfo.processInfo.environment)
+            loaded = try ConfigLoader.load(path: path, environment: environment)
         } catch {
             return .failure(error)
         }
         // Command-line flags win over the file and the environment.
         if let w = args.workers { loaded.config.workers = w }
         if let l = args.logLevel, let level = LogLevel(rawValue: l) { loaded.config.logLevel = level }
-        let filterErrors = FilterRegistry.validate(loaded.config.filters)
+        let filterErrors = FilterRegistry.validate(loaded.config.filters, environment: environment)
         if !filterErrors.isEmpty { return .failure(ConfigErrors(filterErrors)) }
         return .success(loaded)
     }

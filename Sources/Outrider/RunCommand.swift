@@ -4,6 +4,7 @@ import Glibc
 import CLinux
 import Config
 import Dispatch
+import Filters
 import Foundation
 import OutriderCore
 import Proxy
@@ -30,7 +31,8 @@ enum RunCommand {
         let metrics = ProxyMetrics(registry: registry)
         let controller: Controller
         do {
-            let snapshot = try ConfigSnapshot(version: 1, loaded: loaded, metrics: metrics)
+            let chain = try FilterRegistry.buildChain(loaded.config.filters, context: filterContext(registry))
+            let snapshot = try ConfigSnapshot(version: 1, loaded: loaded, chain: chain, metrics: metrics)
             let accessLog = try AccessLogSink(path: accessLogPath(loaded.config.accessLog))
             let shared = ProxyShared(metrics: metrics, store: SnapshotStore(snapshot), accessLog: accessLog)
             let workers = loaded.config.workers == 0 ? Int(clinux_available_cpus()) : loaded.config.workers
@@ -49,6 +51,10 @@ enum RunCommand {
         }
         controller.installSignalsAndWatcher()
         dispatchMain()
+    }
+
+    static func filterContext(_ registry: MetricsRegistry) -> FilterBuildContext {
+        FilterBuildContext(metrics: registry, environment: ProcessInfo.processInfo.environment, version: outriderVersion)
     }
 
     static func accessLogPath(_ t: AccessLogTarget) -> String {
@@ -141,7 +147,8 @@ final class Controller: Sendable {
                 let (old, version) = state.withLock { s in (s.current, s.version + 1) }
                 warnAboutRestartOnlyChanges(old: old.config, new: loaded.config)
                 do {
-                    let snap = try ConfigSnapshot(version: version, loaded: loaded, metrics: server.shared.metrics)
+                    let chain = try FilterRegistry.buildChain(loaded.config.filters, context: RunCommand.filterContext(registry))
+                    let snap = try ConfigSnapshot(version: version, loaded: loaded, chain: chain, metrics: server.shared.metrics)
                     server.shared.store.publish(snap)
                     state.withLock { s in
                         s.current = loaded
@@ -153,7 +160,7 @@ final class Controller: Sendable {
                     Diagnostics.log(.info, "config reloaded (\(reason)): version \(version), sha256 \(loaded.sha256.prefix(12))")
                 } catch {
                     reloadsFailed.increment(shard: Controller.controlShard)
-                    let text = "\(path): \(error)"
+                    let text = (error as? ConfigErrors)?.diagnostics.map(\.description).joined(separator: "; ") ?? "\(path): \(error)"
                     state.withLock { $0.lastReloadError = text }
                     Diagnostics.log(.error, "reload (\(reason)) rejected, keeping the running config: \(text)")
                 }
@@ -204,13 +211,17 @@ final class Controller: Sendable {
 
     private func waitForDrain(deadline: UInt64) {
         if server.allDrained {
-            Diagnostics.log(.info, "drained; exiting")
+            Diagnostics.log(.info, "drained; flushing spans and exiting")
+            TracingExport.flushAndStop(within: 2_000_000_000)
             exit(0)
         }
         if monotonicNanos() >= deadline {
             Diagnostics.log(.warn, "drain timeout reached; closing remaining connections")
             server.forceClose()
-            queue.asyncAfter(deadline: .now() + .milliseconds(200)) { exit(0) }
+            queue.asyncAfter(deadline: .now() + .milliseconds(200)) {
+                TracingExport.flushAndStop(within: 1_000_000_000)
+                exit(0)
+            }
             return
         }
         queue.asyncAfter(deadline: .now() + .milliseconds(50)) { [self] in waitForDrain(deadline: deadline) }

@@ -8,6 +8,9 @@ public struct LocalReply: Sendable {
     public var headers: HTTPHeaders
     /// Whether the connection must be closed after this reply (protocol errors).
     public var closeConnection: Bool
+    /// Envoy-style response flag for the access log when a filter sends this reply
+    /// (e.g. "RL" rate limited, "UAEX" unauthorized); "-" when none applies.
+    public var responseFlags: String = "-"
 
     public init(status: Int, details: String, body: String? = nil, headers: HTTPHeaders = HTTPHeaders(), closeConnection: Bool = false) {
         self.status = status

@@ -1,4 +1,5 @@
 import Config
+import Filters
 import EventLoop
 import HTTP1
 import OutriderCore
@@ -29,11 +30,14 @@ public final class ConfigSnapshot: Sendable {
     public let loaded: LoadedConfig
     public let listeners: [String: ListenerRuntime]
     let parserLimits: HTTP1Limits
+    /// The filters of this version, in order; empty when `filters:` is.
+    public let chain: FilterChain
     public var config: OutriderConfig { loaded.config }
 
-    public init(version: Int, loaded: LoadedConfig, metrics: ProxyMetrics) throws(SystemError) {
+    public init(version: Int, loaded: LoadedConfig, chain: FilterChain, metrics: ProxyMetrics) throws(SystemError) {
         self.version = version
         self.loaded = loaded
+        self.chain = chain
         var map: [String: ListenerRuntime] = [:]
         for l in loaded.config.listeners { map[l.name] = try ListenerRuntime(l, metrics: metrics) }
         listeners = map

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import EventLoop
+import Filters
 import HTTP1
 import OutriderCore
 
@@ -18,6 +19,8 @@ final class Exchange {
     private var worker: Worker { downstream.worker }
 
     private var forwardHead: RequestHead
+    /// This stream's filters (nil when the chain is empty: no per-stream cost then).
+    private let chain: FilterChainInstance?
     private let requestFraming: BodyFraming
     private let clientVersion: HTTPVersion
     private let upgrade: String?
@@ -63,17 +66,25 @@ final class Exchange {
         record.upstreamHost = listener.upstream.spec.description
         record.downstreamRemote = downstream.peerDescription
 
+        let random = downstream.worker.random
+        if let id = head.headers.first("x-request-id"), !id.isEmpty { record.requestID = id } else { record.requestID = random.uuid() }
         forwardHead = head
-        forwardHead.version = .http11
-        Exchange.prepareForwardHeaders(&forwardHead.headers, framing: framing, upgrade: self.upgrade,
-                                       peer: downstream.peer, random: downstream.worker.random, record: &record)
+        if snapshot.chain.isEmpty {
+            chain = nil
+        } else {
+            let context = StreamContext(requestID: record.requestID, clientAddress: downstream.peer, clientPort: downstream.peerPort,
+                                        listenerName: listener.name, serverAddress: listener.address,
+                                        upstreamAddress: listener.upstream.spec, scheme: "http", shard: downstream.worker.index,
+                                        startWallNanos: record.startWallNanos, random: random)
+            chain = snapshot.chain.makeInstance(context: context)
+        }
         let t = snapshot.config.timeouts
         if t.request > 0 { requestDeadline = self.startMono &+ t.request }
     }
 
     /// Hop-by-hop headers out; X-Forwarded-For/-Proto and X-Request-Id in (RFC 9110 §7.6.1).
     private static func prepareForwardHeaders(_ h: inout HTTPHeaders, framing: BodyFraming, upgrade: String?,
-                                              peer: String, random: FastRandom, record: inout AccessLogRecord) {
+                                              peer: String, record: inout AccessLogRecord) {
         let priorXFF = h.values("x-forwarded-for")
         removeHopByHopHeaders(&h)
         h.remove("expect")   // we answer 100-continue ourselves
@@ -86,21 +97,60 @@ final class Exchange {
         h.set("x-forwarded-for", xff)
         record.xForwardedFor = xff
         h.set("x-forwarded-proto", "http")
-        if let id = h.first("x-request-id"), !id.isEmpty {
-            record.requestID = id
-        } else {
-            let id = random.uuid()
-            h.set("x-request-id", id)
-            record.requestID = id
-        }
+        if h.first("x-request-id") != record.requestID { h.set("x-request-id", record.requestID) }
     }
 
     // MARK: request side
 
+    /// Runs the request-head phase of the filters, then sends the request on its way.
     func start(expectsContinue: Bool) {
+        guard let chain else {
+            proceed(expectsContinue: expectsContinue)
+            return
+        }
+        var head = forwardHead
+        let decision = chain.requestHead(&head)
+        forwardHead = head
+        handle(decision, expectsContinue: expectsContinue)
+    }
+
+    private func handle(_ decision: ChainDecision, expectsContinue: Bool) {
+        switch decision {
+        case .proceed:
+            proceed(expectsContinue: expectsContinue)
+        case .respond(let reply):
+            localReply(reply, flags: reply.responseFlags)
+        case .paused(let index):
+            // Hold the client's bytes until the filter resumes the stream (e.g. a Redis answer).
+            downstream.readPaused = true
+            chain?.context.resumeHandler = { [weak self] reply in
+                guard let self, !self.finished, let chain = self.chain else { return }
+                chain.context.resumeHandler = nil
+                if let reply {
+                    self.localReply(reply, flags: reply.responseFlags)
+                } else {
+                    var head = self.forwardHead
+                    let next = chain.requestHead(&head, from: index + 1)
+                    self.forwardHead = head
+                    self.handle(next, expectsContinue: expectsContinue)
+                }
+                if !self.finished {
+                    self.downstream.readPaused = false
+                    self.flushUpstream()
+                    self.worker.loop.deferWork { [downstream = self.downstream] in downstream.resumeInput() }
+                }
+                self.downstream.flush()
+            }
+        }
+    }
+
+    /// The filters let the request through: build the upstream head and go.
+    private func proceed(expectsContinue: Bool) {
+        forwardHead.version = .http11
+        Exchange.prepareForwardHeaders(&forwardHead.headers, framing: requestFraming, upgrade: upgrade,
+                                       peer: downstream.peer, record: &record)
         if expectsContinue {
-            // Tell the client to send its body (filters that refuse the request will answer
-            // before this point once the chain exists).
+            // The filters accepted the head: now the client may send its body.
             downstream.out.append("HTTP/1.1 100 Continue\r\n\r\n")
         }
         // A request with a body goes upstream once its first body bytes parse, so a request
@@ -139,6 +189,7 @@ final class Exchange {
         HTTP1Serializer.writeRequestHead(forwardHead, into: &conn.out)
         listener.stats.upstreamRequests.increment(shard: worker.index)
         upstreamSentAt = worker.loop.now
+        if let c = chain?.context, c.upstreamStartWallNanos == 0 { c.upstreamStartWallNanos = wallClockNanos() }
         if requestFraming == .none { requestComplete() }
         // Inside a read batch the bytes go out with the batch flush; a retry has no batch.
         if !downstream.isProcessingInput { conn.flush() }
@@ -148,7 +199,12 @@ final class Exchange {
     func flushUpstream() { upstream?.flush() }
 
     func requestBody(_ bytes: UnsafeRawBufferPointer) {
-        guard !finished, let up = ensureUpstream() else { return }
+        guard !finished else { return }
+        if let chain, case .respond(let reply) = chain.requestBody(bytes, endStream: false) {
+            localReply(reply, flags: reply.responseFlags)
+            return
+        }
+        guard let up = ensureUpstream() else { return }
         bodyBytesIn &+= UInt64(bytes.count)
         switch requestFraming {
         case .chunked: HTTP1Serializer.writeChunk(bytes, into: &up.out)
@@ -158,7 +214,12 @@ final class Exchange {
     }
 
     func requestEnd(trailers: HTTPHeaders) {
-        guard !finished, requestFraming != .none, let up = ensureUpstream() else { return }
+        guard !finished, requestFraming != .none else { return }
+        if let chain, case .respond(let reply) = chain.requestBody(UnsafeRawBufferPointer(start: nil, count: 0), endStream: true) {
+            localReply(reply, flags: reply.responseFlags)
+            return
+        }
+        guard let up = ensureUpstream() else { return }
         if case .chunked = requestFraming { HTTP1Serializer.writeLastChunk(trailers: trailers, into: &up.out) }
         requestComplete()
     }
@@ -208,10 +269,18 @@ final class Exchange {
             return
         }
         if head.status < 200 { return }   // interim responses: 100-continue was answered by us
-        responseStatus = head.status
-        upstreamKeepAlive = keepAlive
         record.upstreamServiceMillis = Double(worker.loop.now &- upstreamSentAt) / 1e6
         var r = head
+        if let chain {
+            chain.context.upstreamStatus = head.status
+            if case .respond(let reply) = chain.responseHead(&r) {
+                // A filter replaces the upstream's answer: its body is not wanted, nor the connection.
+                localReply(reply, flags: reply.responseFlags)
+                return
+            }
+        }
+        responseStatus = r.status
+        upstreamKeepAlive = keepAlive
         r.version = .http11
         removeHopByHopHeaders(&r.headers)
         switch framing {
@@ -242,6 +311,7 @@ final class Exchange {
     func upstreamResponseBody(_ bytes: UnsafeRawBufferPointer) {
         guard !finished, responseHeadSent, let up = upstream else { return }
         bodyBytesOut &+= UInt64(bytes.count)
+        chain?.responseBody(bytes, endStream: false)
         switch downFraming {
         case .chunked: HTTP1Serializer.writeChunk(bytes, into: &downstream.out)
         case .asIs, .untilClose: downstream.out.append(bytes)
@@ -253,6 +323,7 @@ final class Exchange {
     func upstreamResponseEnd(trailers: HTTPHeaders) {
         guard !finished, responseHeadSent else { return }
         if downFraming == .chunked { HTTP1Serializer.writeLastChunk(trailers: trailers, into: &downstream.out) }
+        if let c = chain?.context { c.upstreamEndWallNanos = wallClockNanos() }
         let reusable = upstreamKeepAlive && requestDone
         if let up = upstream {
             upstream = nil
@@ -371,7 +442,9 @@ final class Exchange {
             downstream.abort(flags: flags, details: reply.details)
             return
         }
-        if !requestDone { downstream.closeAfterResponse = true }   // unread body would desync the connection
+        // An unread body would have to be drained first: close instead (a bodyless request is
+        // complete, so its connection stays usable).
+        if !requestDone && requestFraming != .none { downstream.closeAfterResponse = true }
         downstream.sendLocalReply(reply, requestID: record.requestID)
         bodyBytesOut &+= UInt64(reply.body.utf8.count)
         responseHeadSent = true
@@ -423,6 +496,14 @@ final class Exchange {
         record.bytesReceived = bodyBytesIn
         record.bytesSent = bodyBytesOut
         downstream.finishStats(status: status, details: local ? details : nil, durationNanos: now &- startMono)
+        if let chain {
+            let c = chain.context
+            if c.upstreamStartWallNanos > 0 && c.upstreamEndWallNanos == 0 { c.upstreamEndWallNanos = wallClockNanos() }
+            chain.streamComplete(StreamOutcome(status: status, details: details, flags: flags, localReply: local,
+                                               bytesReceived: bodyBytesIn, bytesSent: bodyBytesOut, endWallNanos: wallClockNanos()))
+            record.traceID = c.traceID
+            record.spanID = c.spanID
+        }
         worker.log(record)
         downstream.exchangeFinished()
     }
