@@ -26,7 +26,7 @@ let package = Package(
         // Metrics registry (and later spans, propagation, the OTLP exporter).
         .target(name: "Telemetry", dependencies: ["OutriderCore"]),
         // The filter contract, the chain, one folder per filter.
-        .target(name: "Filters", dependencies: ["OutriderCore", "Telemetry", "Config"]),
+        .target(name: "Filters", dependencies: ["OutriderCore", "Telemetry", "Config", "EventLoop"]),
         // Listeners, connections, upstream pool, the proxy stream, admin server.
         .target(name: "Proxy", dependencies: ["CLinux", "OutriderCore", "EventLoop", "HTTP1", "Config", "Telemetry", "Filters"]),
         // CLI, wiring, signals, reload, drain.

@@ -1,4 +1,5 @@
 import Config
+import EventLoop
 import OutriderCore
 import Telemetry
 
@@ -31,7 +32,10 @@ public final class StreamContext {
     /// Wall-clock start of the request head, nanoseconds since the epoch.
     public let startWallNanos: UInt64
     /// The worker's random source (ids), confined to this thread like the stream.
-    public let random: FastRandom
+    public var random: FastRandom { worker.random }
+    /// The worker running this stream: its loop (timers, deferred work, fds for clients such
+    /// as Redis) and per-worker state that filters keep across streams.
+    public let worker: WorkerServices
     /// The mTLS peer identity (SPIFFE id) when the client presented a verified certificate.
     public var peerIdentity: String?
 
@@ -52,7 +56,7 @@ public final class StreamContext {
 
     public init(requestID: String, clientAddress: String, clientPort: UInt16, listenerName: String,
                 serverAddress: SocketAddressSpec, upstreamAddress: SocketAddressSpec, scheme: String,
-                shard: Int, startWallNanos: UInt64, random: FastRandom) {
+                shard: Int, startWallNanos: UInt64, worker: WorkerServices) {
         self.requestID = requestID
         self.clientAddress = clientAddress
         self.clientPort = clientPort
@@ -62,7 +66,7 @@ public final class StreamContext {
         self.scheme = scheme
         self.shard = shard
         self.startWallNanos = startWallNanos
-        self.random = random
+        self.worker = worker
     }
 
     /// Records a decision on the request's span (if the stream is traced).
@@ -74,6 +78,23 @@ public final class StreamContext {
     public func resume() { resumeHandler?(nil) }
     /// Ends a paused stream with a local reply. Call on the stream's loop thread.
     public func resume(with reply: LocalReply) { resumeHandler?(reply) }
+}
+
+/// Per-worker services for filters. One per worker loop, confined to that loop's thread.
+public final class WorkerServices {
+    /// The worker's event loop: timers, deferred work, and registration of client sockets
+    /// (filters never touch the downstream or upstream sockets).
+    public let loop: EventLoop
+    /// Metric shard of this worker.
+    public let shard: Int
+    public let random: FastRandom
+    /// State a filter keeps per worker across streams (a Redis connection, bucket shards),
+    /// keyed by whatever the filter chooses (usually `ObjectIdentifier` of its factory).
+    public var state: [ObjectIdentifier: AnyObject] = [:]
+
+    public init(loop: EventLoop, shard: Int, random: FastRandom) {
+        self.loop = loop; self.shard = shard; self.random = random
+    }
 }
 
 /// How a stream ended, for the logging phase.

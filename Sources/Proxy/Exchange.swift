@@ -75,7 +75,7 @@ final class Exchange {
             let context = StreamContext(requestID: record.requestID, clientAddress: downstream.peer, clientPort: downstream.peerPort,
                                         listenerName: listener.name, serverAddress: listener.address,
                                         upstreamAddress: listener.upstream.spec, scheme: "http", shard: downstream.worker.index,
-                                        startWallNanos: record.startWallNanos, random: random)
+                                        startWallNanos: record.startWallNanos, worker: downstream.worker.services)
             chain = snapshot.chain.makeInstance(context: context)
         }
         let t = snapshot.config.timeouts

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Config
 import EventLoop
+import Filters
 import OutriderCore
 
 /// One worker: an event loop on its own thread with its own listeners (SO_REUSEPORT), its
@@ -19,6 +20,8 @@ final class Worker {
     private(set) var snapshot: ConfigSnapshot
     let scratch: UnsafeMutableRawBufferPointer
     let random = FastRandom()
+    /// What filters may use of this worker (loop, shard, per-worker state).
+    private(set) lazy var services = WorkerServices(loop: loop, shard: index, random: random)
     var logBuffer: [UInt8] = []
 
     private var listeners: [ListenerHandler] = []
