@@ -26,7 +26,13 @@ let package = Package(
         // Metrics registry (and later spans, propagation, the OTLP exporter).
         .target(name: "Telemetry", dependencies: ["OutriderCore"]),
         // The filter contract, the chain, one folder per filter.
-        .target(name: "Filters", dependencies: ["OutriderCore", "Telemetry", "Config", "EventLoop"]),
+        .target(name: "Filters", dependencies: ["OutriderCore", "Telemetry", "Config", "EventLoop", "WAF"]),
+        // PCRE2 (8-bit, JIT) behind one door, for the WAF's @rx.
+        .systemLibrary(name: "CPCRE2", pkgConfig: "libpcre2-8"),
+        // libinjection (SQLi/XSS), resolved at run time from Debian's libmodsecurity3.
+        .target(name: "CInjection", linkerSettings: [.linkedLibrary("dl")]),
+        // SecLang engine (ModSecurity rule language, OWASP CRS): pure, no sockets.
+        .target(name: "WAF", dependencies: ["OutriderCore", "CPCRE2", "CInjection"]),
         // Listeners, connections, upstream pool, the proxy stream, admin server.
         .target(name: "Proxy", dependencies: ["CLinux", "OutriderCore", "EventLoop", "HTTP1", "Config", "Telemetry", "Filters"]),
         // CLI, wiring, signals, reload, drain.
@@ -38,8 +44,10 @@ let package = Package(
         ),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "OutriderCore"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "OutriderCore"]),
+        .testTarget(name: "FiltersTests", dependencies: ["Filters", "Config", "Telemetry", "OutriderCore", "EventLoop"]),
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "OutriderCore", "CLinux"]),
         .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "OutriderCore"]),
+        .testTarget(name: "WAFTests", dependencies: ["WAF", "OutriderCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

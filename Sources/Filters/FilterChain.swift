@@ -92,6 +92,20 @@ public final class FilterChainInstance {
         return .proceed
     }
 
+    /// The largest body any filter of this stream needs to see before forwarding (0: none).
+    public func requestBodyBufferLimit() -> Int {
+        var limit = 0
+        for (filter, _) in filters { limit = max(limit, filter.requestBodyBufferLimit(context: context)) }
+        return limit
+    }
+
+    public func requestBodyOverLimit() -> ChainDecision {
+        for (filter, factory) in filters {
+            if case .respond(let reply) = filter.requestBodyOverLimit(context: context), let d = responded(factory, reply) { return d }
+        }
+        return .proceed
+    }
+
     public func responseHead(_ head: inout ResponseHead) -> ChainDecision {
         for (filter, factory) in filters {
             let verdict: FilterVerdict

@@ -128,6 +128,14 @@ public protocol HTTPFilter: AnyObject {
     /// The upstream's final response head, before it is sent to the client. May change headers;
     /// `.respond` replaces the upstream response.
     func responseHead(_ head: inout ResponseHead, context: StreamContext) throws -> FilterVerdict
+    /// How many request body bytes this filter needs to see before the request may be
+    /// forwarded (0: none, the body streams). Asked once, after the request-head phase. When
+    /// any filter asks, the proxy holds the body up to the largest limit, calls `requestBody`
+    /// for each chunk and once with `endStream: true`, and forwards only if all proceed.
+    func requestBodyBufferLimit(context: StreamContext) -> Int
+    /// The body grew past the buffer limit. `.respond` refuses it (e.g. 413); `.proceed`
+    /// forwards what was held and streams the rest without further inspection.
+    func requestBodyOverLimit(context: StreamContext) -> FilterVerdict
     /// Each response body chunk as it streams through (observe only).
     func responseBody(_ chunk: UnsafeRawBufferPointer, endStream: Bool, context: StreamContext)
     /// The logging phase: the stream is over (answered, failed or abandoned). Cannot fail.
@@ -138,6 +146,8 @@ extension HTTPFilter {
     public func requestHead(_ head: inout RequestHead, context: StreamContext) throws -> FilterVerdict { .proceed }
     public func requestBody(_ chunk: UnsafeRawBufferPointer, endStream: Bool, context: StreamContext) throws -> FilterVerdict { .proceed }
     public func responseHead(_ head: inout ResponseHead, context: StreamContext) throws -> FilterVerdict { .proceed }
+    public func requestBodyBufferLimit(context: StreamContext) -> Int { 0 }
+    public func requestBodyOverLimit(context: StreamContext) -> FilterVerdict { .proceed }
     public func responseBody(_ chunk: UnsafeRawBufferPointer, endStream: Bool, context: StreamContext) {}
     public func streamComplete(_ outcome: StreamOutcome, context: StreamContext) {}
 }

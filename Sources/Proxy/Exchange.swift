@@ -155,7 +155,28 @@ final class Exchange {
         }
         // A request with a body goes upstream once its first body bytes parse, so a request
         // whose framing breaks at once (a bad first chunk size) never reaches the workload.
-        if requestFraming == .none { _ = ensureUpstream() }
+        if requestFraming == .none { _ = ensureUpstream(); return }
+        if let chain { bodyBufferLimit = chain.requestBodyBufferLimit() }
+    }
+
+    /// While > 0, request body bytes are held (up to this many) until the filters decide.
+    private var bodyBufferLimit = 0
+    private var heldBody: [UInt8] = []
+
+    /// The filters are done with the held body: send the head and what was held.
+    private func releaseHeldBody() -> UpstreamConnection? {
+        bodyBufferLimit = 0
+        guard let up = ensureUpstream() else { return nil }
+        if !heldBody.isEmpty {
+            heldBody.withUnsafeBytes { bytes in
+                switch requestFraming {
+                case .chunked: HTTP1Serializer.writeChunk(bytes, into: &up.out)
+                default: up.out.append(bytes)
+                }
+            }
+            heldBody = []
+        }
+        return up
     }
 
     private var upstreamStarted = false
@@ -204,6 +225,17 @@ final class Exchange {
             localReply(reply, flags: reply.responseFlags)
             return
         }
+        if bodyBufferLimit > 0 {
+            bodyBytesIn &+= UInt64(bytes.count)
+            heldBody.append(contentsOf: bytes)
+            guard heldBody.count > bodyBufferLimit else { return }
+            if let chain, case .respond(let reply) = chain.requestBodyOverLimit() {
+                localReply(reply, flags: reply.responseFlags)
+                return
+            }
+            _ = releaseHeldBody()
+            return
+        }
         guard let up = ensureUpstream() else { return }
         bodyBytesIn &+= UInt64(bytes.count)
         switch requestFraming {
@@ -219,7 +251,7 @@ final class Exchange {
             localReply(reply, flags: reply.responseFlags)
             return
         }
-        guard let up = ensureUpstream() else { return }
+        guard let up = bodyBufferLimit > 0 ? releaseHeldBody() : ensureUpstream() else { return }
         if case .chunked = requestFraming { HTTP1Serializer.writeLastChunk(trailers: trailers, into: &up.out) }
         requestComplete()
     }
