@@ -20,6 +20,12 @@ public protocol FilterBuilder {
     static func validate(_ entry: FilterEntry, environment: [String: String]) -> [ConfigDiagnostic]
     /// Builds the immutable factory for a config version. Called after `validate` passed.
     static func build(_ entry: FilterEntry, context: FilterBuildContext) throws(ConfigErrors) -> any FilterFactory
+    /// Files this entry reads (rule files), watched like the config so an edit reloads.
+    static func watchedFiles(_ entry: FilterEntry) -> [String]
+}
+
+extension FilterBuilder {
+    public static func watchedFiles(_ entry: FilterEntry) -> [String] { [] }
 }
 
 /// The filters this build knows, by the name used in `outrider.yaml` (`filters: - name: …`).
@@ -44,6 +50,16 @@ public enum FilterRegistry {
             errors += b.validate(e, environment: environment)
         }
         return errors
+    }
+
+    /// Every rule file the entries name, for the file watcher.
+    public static func watchedFiles(_ entries: [FilterEntry]) -> [String] {
+        var files: [String] = []
+        for e in entries {
+            guard let b = builder(e.name) else { continue }
+            for f in b.watchedFiles(e) where !files.contains(f) { files.append(f) }
+        }
+        return files
     }
 
     /// The chain for one config version, in file order.

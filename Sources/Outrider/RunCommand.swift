@@ -87,6 +87,7 @@ final class Controller: Sendable {
     private let reloadsOK: Counter
     private let reloadsFailed: Counter
     private let state: Mutex<State>
+    private let watched = Mutex<(files: [String], watcher: FileWatcher?)>(([], nil))
     private static let controlShard = 15
 
     init(args: Arguments, path: String, server: ProxyServer, registry: MetricsRegistry, initial: LoadedConfig) {
@@ -121,14 +122,29 @@ final class Controller: Sendable {
             src.resume()
             sources.append(src)
         }
-        do {
-            let watcher = try FileWatcher(files: [path], queue: queue) { [self] in reload(reason: "file change") }
-            watcher.start()
-            sources.append(watcher)
-        } catch {
-            Diagnostics.log(.warn, "config watch disabled (\(error)); SIGHUP still reloads")
-        }
+        let files = state.withLock { [path] + FilterRegistry.watchedFiles($0.current.config.filters) }
+        watch(files)
         retainedSources = sources
+    }
+
+    /// Watches the config and every rule file it names. Called again when a reload changes
+    /// the set of files (a new rule file path), replacing the previous watcher.
+    private func watch(_ files: [String]) {
+        let changed = watched.withLock { w -> Bool in
+            guard w.files != files else { return false }
+            w.watcher?.cancel()
+            w.watcher = nil
+            w.files = files
+            return true
+        }
+        guard changed else { return }
+        do {
+            let watcher = try FileWatcher(files: files, queue: queue) { [self] in reload(reason: "file change") }
+            watcher.start()
+            watched.withLock { $0.watcher = watcher }
+        } catch {
+            Diagnostics.log(.warn, "file watch disabled (\(error)); SIGHUP still reloads")
+        }
     }
 
     // MARK: reload
@@ -156,6 +172,7 @@ final class Controller: Sendable {
                         s.lastReloadError = nil
                     }
                     RunCommand.applyLogLevel(loaded.config.logLevel)
+                    watch([path] + FilterRegistry.watchedFiles(loaded.config.filters))
                     reloadsOK.increment(shard: Controller.controlShard)
                     Diagnostics.log(.info, "config reloaded (\(reason)): version \(version), sha256 \(loaded.sha256.prefix(12))")
                 } catch {
@@ -273,7 +290,7 @@ final class Controller: Sendable {
     }
 }
 
-/// Signal sources and the file watcher live as long as the process. Written once on the main
+/// Signal sources live as long as the process. Written once on the main
 /// thread during start-up, never read afterwards: it only keeps them alive.
 nonisolated(unsafe) private var retainedSources: [Any] = []
 
