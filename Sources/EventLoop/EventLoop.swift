@@ -155,7 +155,9 @@ public final class EventLoop {
     public func stop() { stopped = true }
 
     /// The object that owns this loop (a worker), for tasks handed over by `remote.execute`.
-    public weak var owner: AnyObject?
+    /// Unowned-unsafe, not weak: a weak reference would put the worker on the slow refcount
+    /// path. The worker outlives its loop's run (it owns the loop and runs it).
+    public unowned(unsafe) var owner: AnyObject? = nil
 
     // MARK: running
 

@@ -44,6 +44,8 @@ extension String {
     /// ASCII case-insensitive comparison; header names and tokens are ASCII.
     @inlinable
     public func asciiCaseInsensitiveEquals(_ other: String) -> Bool {
+        // Different lengths never match; for native strings the count is O(1).
+        guard utf8.count == other.utf8.count else { return false }
         var a = self.utf8.makeIterator()
         var b = other.utf8.makeIterator()
         while true {

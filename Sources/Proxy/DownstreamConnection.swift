@@ -95,7 +95,9 @@ final class DownstreamConnection: EventHandler {
             if awaitingResponse && pending.count >= 64 * 1024 { return }   // enough pipelined input buffered
             rounds += 1
             if rounds > 16 {
-                worker.loop.deferWork { [weak self] in self?.readLoop() }
+                // Strong capture: a weak reference would give the object a side table and slow
+                // every retain/release of it. readLoop checks for .closed itself.
+                worker.loop.deferWork { [self] in readLoop() }
                 return
             }
             switch readThroughScratch(fd: fd, pending: &pending, scratch: worker.scratch) {
@@ -226,7 +228,7 @@ final class DownstreamConnection: EventHandler {
         headDeadline = 0
         // Pipelined bytes, or bytes that arrived while we waited, are parsed now.
         if !pending.isEmpty || readable {
-            worker.loop.deferWork { [weak self] in self?.resumeInput() }
+            worker.loop.deferWork { [self] in resumeInput() }
         }
     }
 

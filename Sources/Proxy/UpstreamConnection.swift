@@ -137,7 +137,7 @@ final class UpstreamConnection: EventHandler {
         while readable && !readPaused && !isClosed {
             rounds += 1
             if rounds > 16 {
-                worker.loop.deferWork { [weak self] in self?.readLoop() }
+                worker.loop.deferWork { [self] in readLoop() }   // strong: see DownstreamConnection.readLoop
                 return
             }
             guard exchange != nil || releasePending else {
