@@ -31,13 +31,7 @@ let package = Package(
         // Metrics registry (and later spans, propagation, the OTLP exporter).
         .target(name: "Telemetry", dependencies: ["OutriderCore"], swiftSettings: hotPath),
         // The filter contract, the chain, one folder per filter.
-        .target(name: "Filters", dependencies: ["OutriderCore", "Telemetry", "Config", "EventLoop", "WAF"], swiftSettings: hotPath),
-        // PCRE2 (8-bit, JIT) behind one door, for the WAF's @rx.
-        .systemLibrary(name: "CPCRE2", pkgConfig: "libpcre2-8"),
-        // libinjection (SQLi/XSS), resolved at run time from Debian's libmodsecurity3.
-        .target(name: "CInjection", linkerSettings: [.linkedLibrary("dl")]),
-        // SecLang engine (ModSecurity rule language, OWASP CRS): pure, no sockets.
-        .target(name: "WAF", dependencies: ["OutriderCore", "CPCRE2", "CInjection"]),
+        .target(name: "Filters", dependencies: ["OutriderCore", "Telemetry", "Config", "EventLoop"], swiftSettings: hotPath),
         // Listeners, connections, upstream pool, the proxy stream, admin server.
         .target(name: "Proxy", dependencies: ["CLinux", "OutriderCore", "EventLoop", "HTTP1", "Config", "Telemetry", "Filters"], swiftSettings: hotPath),
         // CLI, wiring, signals, reload, drain.
@@ -52,7 +46,6 @@ let package = Package(
         .testTarget(name: "FiltersTests", dependencies: ["Filters", "Config", "Telemetry", "OutriderCore", "EventLoop"]),
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "OutriderCore", "CLinux"]),
         .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "OutriderCore"]),
-        .testTarget(name: "WAFTests", dependencies: ["WAF", "OutriderCore"]),
     ],
     swiftLanguageModes: [.v6]
 )
