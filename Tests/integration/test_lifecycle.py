@@ -208,14 +208,15 @@ def test_admin_config_json(upstream, proxy):
     j = p.config_json()
     for k in ("version", "path", "sha256", "loaded_at", "last_reload_error", "config"):
         assert k in j, "/config lacks %r: %r" % (k, j)
-    assert isinstance(j["version"], int) and j["version"] >= 1
-    assert j["path"].endswith("outrider.yaml")
-    assert j["sha256"] == hashlib.sha256(p.config_bytes).hexdigest()
-    assert j["last_reload_error"] is None
-    assert isinstance(j["config"], dict)
+    assert isinstance(j["version"], int) and j["version"] >= 1, j
+    assert j["path"].endswith("outrider.yaml"), j
+    assert j["sha256"] == hashlib.sha256(p.config_bytes).hexdigest(), j
+    assert j["last_reload_error"] is None, j
+    assert isinstance(j["config"], dict), j
     assert j["config"]["listeners"][0]["upstream"] == a.addr, j["config"]
     from helpers import metric_value
-    assert metric_value(p.metrics(), "outrider_config_version") == j["version"]
+    mv = metric_value(p.metrics(), "outrider_config_version")
+    assert mv == j["version"], "outrider_config_version %r != /config version %r\n%s" % (mv, j, p.diag())
 
 
 def test_admin_address_env_override(upstream, proxy):
