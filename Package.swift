@@ -31,7 +31,9 @@ let package = Package(
         // Metrics registry (and later spans, propagation, the OTLP exporter).
         .target(name: "Telemetry", dependencies: ["OutriderCore"], swiftSettings: hotPath),
         // The filter contract, the chain, one folder per filter.
-        .target(name: "Filters", dependencies: ["OutriderCore", "Telemetry", "Config", "EventLoop"], swiftSettings: hotPath),
+        // libhiredis (async API driven by our loops) for the rate-limit filter's global mode.
+        .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
+        .target(name: "Filters", dependencies: ["OutriderCore", "Telemetry", "Config", "EventLoop", "CHiredis"], swiftSettings: hotPath),
         // Listeners, connections, upstream pool, the proxy stream, admin server.
         .target(name: "Proxy", dependencies: ["CLinux", "OutriderCore", "EventLoop", "HTTP1", "Config", "Telemetry", "Filters"], swiftSettings: hotPath),
         // CLI, wiring, signals, reload, drain.
@@ -46,6 +48,7 @@ let package = Package(
         .testTarget(name: "FiltersTests", dependencies: ["Filters", "Config", "Telemetry", "OutriderCore", "EventLoop"]),
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "OutriderCore", "CLinux"]),
         .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "OutriderCore"]),
+        .testTarget(name: "RateLimitFilterTests", dependencies: ["Filters", "Config", "OutriderCore", "Telemetry", "EventLoop"]),
     ],
     swiftLanguageModes: [.v6]
 )

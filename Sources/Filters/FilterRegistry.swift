@@ -30,7 +30,7 @@ extension FilterBuilder {
 
 /// The filters this build knows, by the name used in `outrider.yaml` (`filters: - name: …`).
 public enum FilterRegistry {
-    static let builders: [any FilterBuilder.Type] = [TracingFilterBuilder.self]
+    static let builders: [any FilterBuilder.Type] = [TracingFilterBuilder.self, RateLimitFilterBuilder.self]
 
     public static var available: [String] { builders.map { $0.name } }
 
