@@ -230,6 +230,7 @@ class Target:
     extra: str | None = None     # other top-level YAML (Outrider rows), e.g. a tracing section
     access_log: str = "off"      # Outrider: "off" or "file"
     primary: bool = False        # the row the issue's targets are checked against
+    collector: bool = False      # start a real OTLP collector (rotel, blackhole exporter); {collector} in filters
 
 
 @dataclasses.dataclass
@@ -376,6 +377,16 @@ def start_outrider(ctx: Context, t: Target) -> Running:
     port, admin = free_port(), free_port()
     d = os.path.join(ctx.tmp, re.sub(r"[^A-Za-z0-9_.-]", "_", t.name))
     os.makedirs(d, exist_ok=True)
+    extra_procs: list[subprocess.Popen] = []
+    if t.collector:
+        cport, gport = free_port(), free_port()
+        agent = rotel_agent()
+        clog = os.path.join(d, "collector.log")
+        cp = spawn([agent, "start", "--otlp-http-endpoint", f"127.0.0.1:{cport}",
+                    "--otlp-grpc-endpoint", f"127.0.0.1:{gport}", "--exporter", "blackhole"], clog)
+        extra_procs.append(cp)
+        wait_until(lambda: port_open(cport), 15, f"{t.name} collector", cp, clog)
+        t = dataclasses.replace(t, filters=(t.filters or "").replace("{collector}", str(cport)))
     conf = os.path.join(d, "outrider.yaml")
     with open(conf, "w") as f:
         f.write(outrider_config(ctx, t, port, admin, d))
@@ -393,7 +404,7 @@ def start_outrider(ctx: Context, t: Target) -> Running:
     p = spawn([OUTRIDER_BIN, "run", "--config", conf], logfile, env=env)
     wait_until(lambda: http_get(admin, "/ready")[0] == 200, 15, f"{t.name} /ready", p, logfile)
     wait_until(lambda: port_serves_body(port), 5, f"{t.name} proxying", p, logfile)
-    r = Running(t.name, port, [p], lambda: [p.pid] + descendants(p.pid), logfile)
+    r = Running(t.name, port, [p] + extra_procs, lambda: [p.pid] + descendants(p.pid), logfile)
     if t.access_log != "off":
         r.access_log = os.path.join(d, "access.log")
     return r
@@ -411,7 +422,32 @@ TARGETS: list[Target] = [
     Target("haproxy", start_haproxy, note="nbthread 1, http-reuse always"),
     Target("outrider", start_outrider, note="1 worker, no filters, access log off", primary=True),
     Target("outrider+log", start_outrider, note="access log to a file", access_log="file"),
+    Target("outrider+tracing", start_outrider, collector=True,
+           note="tracing filter, sampling 100%, exporting to a real collector (rotel)", filters="""
+  - name: tracing
+    mode: enforce
+    sampling: 1.0
+    exporter:
+      endpoint: http://127.0.0.1:{collector}
+"""),
 ]
+
+
+def rotel_agent() -> str:
+    """The collector binary shipped by the `rotel` package on PyPI."""
+    try:
+        import rotel  # type: ignore
+    except ImportError as e:
+        raise StartError("the tracing row needs `pip install rotel`", "") from e
+    return os.path.join(os.path.dirname(rotel.__file__), "rotel-agent")
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 UPSTREAM: Running  # set in main()
 LOAD_AT_START = ""
@@ -671,6 +707,10 @@ def report(rows: list[Row]) -> tuple[str, dict, bool]:
                        prim.rss_idle_kib is not None and prim.rss_idle_kib < 12 * 1024))
         checks.append((f"RSS with {IDLE_CONNS} connections < 40 MB ({fmt_kib(prim.rss_conns_kib)})",
                        prim.rss_conns_kib is not None and prim.rss_conns_kib < 40 * 1024))
+        tr = by.get("outrider+tracing")
+        if tr and tr.rps:
+            checks.append((f"tracing ≥ 90% of no-filter throughput ({tr.rps / prim.rps:.2f}×)",
+                           tr.rps >= 0.9 * prim.rps))
         lines.append("Targets (issue), for the `" + prim.target.name + "` row: " + "; ".join(
             f"{desc}: {'met' if ok else ('n/a' if ok is None else 'NOT MET')}" for desc, ok in checks) + ".")
     elif prim is not None:
