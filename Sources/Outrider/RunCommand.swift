@@ -50,6 +50,8 @@ enum RunCommand {
             exit(1)
         }
         controller.installSignalsAndWatcher()
+        // After a moment, so the workers have faulted in what they run.
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(500)) { StartupPages.release() }
         dispatchMain()
     }
 
