@@ -26,6 +26,8 @@ final class Exchange {
     private let upgrade: String?
     private var upstream: UpstreamConnection?
     private var record = AccessLogRecord()
+    /// Whether an access-log line will be written (the record is only filled in then).
+    private let logging: Bool
     private let startMono: UInt64
 
     private var requestDone = false
@@ -56,15 +58,19 @@ final class Exchange {
         if let u = upgrade, !u.lowercased().contains("h2c") { self.upgrade = u } else { self.upgrade = nil }
 
         record.startWallNanos = startWall == 0 ? wallClockNanos() : startWall
-        record.method = head.method
-        record.path = head.target
-        record.proto = head.version.description
-        record.userAgent = head.headers.first("user-agent")
-        record.authority = head.headers.first("host")
-        record.upstreamCluster = listener.name
-        record.listener = listener.name
-        record.upstreamHost = listener.upstream.spec.description
-        record.downstreamRemote = downstream.peerDescription
+        logging = downstream.worker.shared.accessLog.enabled
+        if logging {
+            // Only gathered when an access log is written: this is per-request work.
+            record.method = head.method
+            record.path = head.target
+            record.proto = head.version == .http11 ? "HTTP/1.1" : head.version.description
+            record.userAgent = head.headers.first("user-agent")
+            record.authority = head.headers.first("host")
+            record.upstreamCluster = listener.name
+            record.listener = listener.name
+            record.upstreamHost = listener.upstreamKey
+            record.downstreamRemote = downstream.peerDescription
+        }
 
         let random = downstream.worker.random
         if let id = head.headers.first("x-request-id"), !id.isEmpty { record.requestID = id } else { record.requestID = random.uuid() }
@@ -83,21 +89,43 @@ final class Exchange {
     }
 
     /// Hop-by-hop headers out; X-Forwarded-For/-Proto and X-Request-Id in (RFC 9110 §7.6.1).
+    /// One pass over the fields: this runs for every request.
     private static func prepareForwardHeaders(_ h: inout HTTPHeaders, framing: BodyFraming, upgrade: String?,
                                               peer: String, record: inout AccessLogRecord) {
-        let priorXFF = h.values("x-forwarded-for")
-        removeHopByHopHeaders(&h)
-        h.remove("expect")   // we answer 100-continue ourselves
-        if let u = upgrade {
-            h.add(name: "connection", value: "upgrade")
-            h.add(name: "upgrade", value: u)
+        let tokens = h.contains("connection") ? connectionTokens(h) : []
+        var out: [HTTPHeaders.Field] = []
+        out.reserveCapacity(h.count + 4)
+        var xff: String?
+        for f in h.fields {
+            let n = f.name
+            if isHopByHopHeader(n) { continue }
+            switch n.utf8.count {
+            case 6 where n.asciiCaseInsensitiveEquals("expect"):
+                continue   // we answer 100-continue ourselves
+            case 15 where n.asciiCaseInsensitiveEquals("x-forwarded-for"):
+                xff = xff.map { $0 + ", " + f.value } ?? f.value
+                continue
+            case 17 where n.asciiCaseInsensitiveEquals("x-forwarded-proto"):
+                continue
+            case 12 where n.asciiCaseInsensitiveEquals("x-request-id"):
+                continue   // re-added below with the id this exchange uses
+            default:
+                break
+            }
+            if !tokens.isEmpty && tokens.contains(where: { n.asciiCaseInsensitiveEquals($0) }) { continue }
+            out.append(f)
         }
-        if case .chunked = framing { h.add(name: "transfer-encoding", value: "chunked") }
-        let xff = priorXFF.isEmpty ? peer : priorXFF.joined(separator: ", ") + ", " + peer
-        h.set("x-forwarded-for", xff)
-        record.xForwardedFor = xff
-        h.set("x-forwarded-proto", "http")
-        if h.first("x-request-id") != record.requestID { h.set("x-request-id", record.requestID) }
+        if let u = upgrade {
+            out.append(("connection", "upgrade"))
+            out.append(("upgrade", u))
+        }
+        if case .chunked = framing { out.append(("transfer-encoding", "chunked")) }
+        let forwardedFor = xff.map { $0 + ", " + peer } ?? peer
+        out.append(("x-forwarded-for", forwardedFor))
+        out.append(("x-forwarded-proto", "http"))
+        out.append(("x-request-id", record.requestID))
+        record.xForwardedFor = forwardedFor
+        h = HTTPHeaders(out)
     }
 
     // MARK: request side
@@ -536,7 +564,7 @@ final class Exchange {
             record.traceID = c.traceID
             record.spanID = c.spanID
         }
-        worker.log(record)
+        if logging { worker.log(record) }
         downstream.exchangeFinished()
     }
 }

@@ -134,7 +134,7 @@ final class Worker {
     // MARK: access log
 
     func log(_ record: AccessLogRecord) {
-        guard shared.accessLog.enabled else { return }
+        guard shared.accessLog.enabled else { return }   // also checked by callers, before building records
         record.appendJSON(to: &logBuffer)
         if logBuffer.count > 32 * 1024 { flushAccessLog() }
     }
