@@ -30,7 +30,8 @@ extension FilterBuilder {
 
 /// The filters this build knows, by the name used in `outrider.yaml` (`filters: - name: …`).
 public enum FilterRegistry {
-    static let builders: [any FilterBuilder.Type] = [TracingFilterBuilder.self, RateLimitFilterBuilder.self]
+    // Computed, not stored: a stored array of metatypes is global state to Swift 6.
+    static var builders: [any FilterBuilder.Type] { [TracingFilterBuilder.self, RateLimitFilterBuilder.self] }
 
     public static var available: [String] { builders.map { $0.name } }
 
