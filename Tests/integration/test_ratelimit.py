@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import LOCAL, RawConn, free_port, http_request, make_config, wait_until
+from helpers import LOCAL, free_port, http_request, make_config, wait_until
 
 
 # ---------------------------------------------------------------------------------------------
