@@ -33,7 +33,13 @@ let package = Package(
         // The filter contract, the chain, one folder per filter.
         // libhiredis (async API driven by our loops) for the rate-limit filter's global mode.
         .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
-        .target(name: "Filters", dependencies: ["OutriderCore", "Telemetry", "Config", "EventLoop", "CHiredis"], swiftSettings: hotPath),
+        .target(name: "Filters", dependencies: ["OutriderCore", "Telemetry", "Config", "EventLoop", "WAF", "CHiredis"], swiftSettings: hotPath),
+        // PCRE2 (8-bit, JIT) behind one door, for the WAF's @rx.
+        .systemLibrary(name: "CPCRE2", pkgConfig: "libpcre2-8"),
+        // libinjection (SQLi/XSS), resolved at run time from Debian's libmodsecurity3.
+        .target(name: "CInjection", linkerSettings: [.linkedLibrary("dl")]),
+        // SecLang engine (ModSecurity rule language, OWASP CRS): pure, no sockets.
+        .target(name: "WAF", dependencies: ["OutriderCore", "CPCRE2", "CInjection"]),
         // Listeners, connections, upstream pool, the proxy stream, admin server.
         .target(name: "Proxy", dependencies: ["CLinux", "OutriderCore", "EventLoop", "HTTP1", "Config", "Telemetry", "Filters"], swiftSettings: hotPath),
         // CLI, wiring, signals, reload, drain.
@@ -49,6 +55,7 @@ let package = Package(
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "OutriderCore", "CLinux"]),
         .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "OutriderCore"]),
         .testTarget(name: "RateLimitFilterTests", dependencies: ["Filters", "Config", "OutriderCore", "Telemetry", "EventLoop"]),
+        .testTarget(name: "WAFTests", dependencies: ["WAF", "OutriderCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,278 @@
+/// The compiled form of SecLang rules: what the parser produces and the evaluator walks.
+/// Everything here is immutable after load and shared by every worker thread.
+
+public typealias Bytes = [UInt8]
+
+/// A problem in a rule file, with its position.
+public struct RuleDiagnostic: Error, Sendable, Equatable, CustomStringConvertible {
+    public var file: String
+    public var line: Int
+    public var message: String
+    public init(file: String, line: Int, message: String) {
+        self.file = file; self.line = line; self.message = message
+    }
+    public var description: String { "\(file):\(line): \(message)" }
+}
+
+/// Every problem of a rule set that failed to load.
+public struct RuleErrors: Error, Sendable, CustomStringConvertible {
+    public var diagnostics: [RuleDiagnostic]
+    public var description: String { diagnostics.map(\.description).joined(separator: "\n") }
+}
+
+/// SecRuleEngine.
+public enum EngineMode: String, Sendable {
+    case on = "On", detectionOnly = "DetectionOnly", off = "Off"
+}
+
+/// What ModSecurity does with a request body over SecRequestBodyLimit.
+public enum BodyLimitAction: Sendable { case reject, processPartial }
+
+/// The variables (collections and scalars) SecLang rules can target.
+enum Collection: String, Sendable, CaseIterable {
+    case args = "ARGS", argsGet = "ARGS_GET", argsPost = "ARGS_POST"
+    case argsNames = "ARGS_NAMES", argsGetNames = "ARGS_GET_NAMES", argsPostNames = "ARGS_POST_NAMES"
+    case argsCombinedSize = "ARGS_COMBINED_SIZE"
+    case requestHeaders = "REQUEST_HEADERS", requestHeadersNames = "REQUEST_HEADERS_NAMES"
+    case requestCookies = "REQUEST_COOKIES", requestCookiesNames = "REQUEST_COOKIES_NAMES"
+    case requestFilename = "REQUEST_FILENAME", requestBasename = "REQUEST_BASENAME"
+    case requestURI = "REQUEST_URI", requestURIRaw = "REQUEST_URI_RAW", requestLine = "REQUEST_LINE"
+    case requestMethod = "REQUEST_METHOD", requestProtocol = "REQUEST_PROTOCOL", queryString = "QUERY_STRING"
+    case requestBody = "REQUEST_BODY", requestBodyLength = "REQUEST_BODY_LENGTH"
+    case files = "FILES", filesNames = "FILES_NAMES", filesSizes = "FILES_SIZES", filesCombinedSize = "FILES_COMBINED_SIZE"
+    case multipartPartHeaders = "MULTIPART_PART_HEADERS"
+    case multipartStrictError = "MULTIPART_STRICT_ERROR", multipartUnmatchedBoundary = "MULTIPART_UNMATCHED_BOUNDARY"
+    case multipartBoundaryQuoted = "MULTIPART_BOUNDARY_QUOTED", multipartBoundaryWhitespace = "MULTIPART_BOUNDARY_WHITESPACE"
+    case multipartDataBefore = "MULTIPART_DATA_BEFORE", multipartDataAfter = "MULTIPART_DATA_AFTER"
+    case multipartHeaderFolding = "MULTIPART_HEADER_FOLDING", multipartLFLine = "MULTIPART_LF_LINE"
+    case multipartMissingSemicolon = "MULTIPART_MISSING_SEMICOLON", multipartInvalidQuoting = "MULTIPART_INVALID_QUOTING"
+    case multipartInvalidPart = "MULTIPART_INVALID_PART", multipartInvalidHeaderFolding = "MULTIPART_INVALID_HEADER_FOLDING"
+    case multipartFileLimitExceeded = "MULTIPART_FILE_LIMIT_EXCEEDED", multipartCRLFLFLines = "MULTIPART_CRLF_LF_LINES"
+    case multipartName = "MULTIPART_NAME", multipartFilename = "MULTIPART_FILENAME"
+    case xml = "XML", tx = "TX", ip = "IP", global = "GLOBAL", session = "SESSION", user = "USER", resource = "RESOURCE", geo = "GEO", env = "ENV"
+    case remoteAddr = "REMOTE_ADDR", remotePort = "REMOTE_PORT", remoteHost = "REMOTE_HOST"
+    case serverAddr = "SERVER_ADDR", serverPort = "SERVER_PORT", serverName = "SERVER_NAME"
+    case uniqueID = "UNIQUE_ID", duration = "DURATION"
+    case reqbodyError = "REQBODY_ERROR", reqbodyErrorMsg = "REQBODY_ERROR_MSG", reqbodyProcessor = "REQBODY_PROCESSOR"
+    case reqbodyProcessorError = "REQBODY_PROCESSOR_ERROR", inboundDataError = "INBOUND_DATA_ERROR", outboundDataError = "OUTBOUND_DATA_ERROR"
+    case responseStatus = "RESPONSE_STATUS", responseProtocol = "RESPONSE_PROTOCOL", responseBody = "RESPONSE_BODY"
+    case responseHeaders = "RESPONSE_HEADERS", responseHeadersNames = "RESPONSE_HEADERS_NAMES"
+    case responseContentType = "RESPONSE_CONTENT_TYPE", responseContentLength = "RESPONSE_CONTENT_LENGTH"
+    case matchedVar = "MATCHED_VAR", matchedVarName = "MATCHED_VAR_NAME", matchedVars = "MATCHED_VARS", matchedVarsNames = "MATCHED_VARS_NAMES"
+    case rule = "RULE", highestSeverity = "HIGHEST_SEVERITY", statusLine = "STATUS_LINE", fullRequest = "FULL_REQUEST"
+    case fullRequestLength = "FULL_REQUEST_LENGTH", pathInfo = "PATH_INFO", authType = "AUTH_TYPE", time = "TIME", timeEpoch = "TIME_EPOCH"
+    case urlencodedError = "URLENCODED_ERROR", webAppID = "WEBAPPID"
+
+    /// Collections with keys (REQUEST_HEADERS:Host); the others are scalars.
+    var isKeyed: Bool {
+        switch self {
+        case .args, .argsGet, .argsPost, .argsNames, .argsGetNames, .argsPostNames, .requestHeaders, .requestHeadersNames,
+             .requestCookies, .requestCookiesNames, .files, .filesNames, .filesSizes, .multipartPartHeaders, .xml, .tx, .ip,
+             .global, .session, .user, .resource, .geo, .env, .responseHeaders, .responseHeadersNames, .matchedVars,
+             .matchedVarsNames, .rule, .multipartName, .multipartFilename:
+            return true
+        default: return false
+        }
+    }
+}
+
+/// Which keys of a collection a target selects.
+enum KeySelector: Sendable {
+    case all
+    /// Lowercased (keys compare case-insensitively, as in ModSecurity).
+    case exact(String)
+    case regex(Regex)
+
+    func matches(_ keyLower: String, _ key: Bytes) -> Bool {
+        switch self {
+        case .all: return true
+        case .exact(let k): return k == keyLower
+        case .regex(let r): return r.matches(key)
+        }
+    }
+}
+
+/// One target of a rule: `ARGS`, `&TX:foo`, `REQUEST_HEADERS:/^x-/`.
+struct Target: Sendable {
+    var collection: Collection
+    var key: KeySelector
+    var count: Bool
+    /// The text as written, for diagnostics and ctl matching.
+    var text: String
+}
+
+/// An exclusion `!REQUEST_COOKIES:/__utm/` or one added by ctl/SecRuleUpdateTarget.
+struct Exclusion: Sendable {
+    var collection: Collection
+    var key: KeySelector
+
+    func excludes(_ c: Collection, _ keyLower: String, _ key: Bytes) -> Bool {
+        collection == c && self.key.matches(keyLower, key)
+    }
+}
+
+/// A string with `%{collection.key}` macros, split at load.
+struct Macro: Sendable {
+    enum Part: Sendable {
+        case literal(Bytes)
+        case variable(Collection, String?)   // key lowercased
+    }
+    let parts: [Part]
+    let text: String
+    var isConstant: Bool { parts.allSatisfy { if case .literal = $0 { return true } else { return false } } }
+    var constant: Bytes {
+        var out: Bytes = []
+        for p in parts { if case .literal(let b) = p { out += b } }
+        return out
+    }
+
+    init(_ s: String) {
+        text = s
+        var parts: [Part] = []
+        let b = s.latin1
+        var lit: Bytes = []
+        var i = 0
+        while i < b.count {
+            if b[i] == UInt8(ascii: "%"), i + 1 < b.count, b[i + 1] == UInt8(ascii: "{"),
+               let close = b[(i + 2)...].firstIndex(of: UInt8(ascii: "}")) {
+                let name = String(latin1: b[(i + 2)..<close])
+                let (colName, key) = Macro.split(name)
+                if let c = Collection(rawValue: colName.asciiUppercased) {
+                    if !lit.isEmpty { parts.append(.literal(lit)); lit = [] }
+                    parts.append(.variable(c, key?.asciiLowercased))
+                    i = close + 1
+                    continue
+                }
+            }
+            lit.append(b[i]); i += 1
+        }
+        if !lit.isEmpty { parts.append(.literal(lit)) }
+        self.parts = parts
+    }
+
+    static func split(_ name: String) -> (String, String?) {
+        if let dot = name.firstIndex(where: { $0 == "." || $0 == ":" }) {
+            return (String(name[..<dot]), String(name[name.index(after: dot)...]))
+        }
+        return (name, nil)
+    }
+}
+
+enum OperatorKind: Sendable {
+    case rx(Regex)
+    /// @rx whose pattern has macros: compiled per distinct expansion, cached.
+    case rxMacro
+    case pm(AhoCorasick)
+    case eq, ge, gt, le, lt
+    case streq, contains, beginsWith, endsWith, within, containsWord
+    case strmatch
+    case validateByteRange([Bool])
+    case validateUrlEncoding, validateUtf8Encoding
+    case ipMatch(IPMatcher)
+    case detectSQLi, detectXSS
+    case unconditional, noMatch
+    /// Operators we accept but cannot run here (@rbl, @geoLookup): never match.
+    case unsupported(String)
+}
+
+struct Operator: Sendable {
+    var kind: OperatorKind
+    var negated: Bool
+    /// The parameter (macros expanded per request when not constant).
+    var param: Macro
+    var name: String
+}
+
+enum Disruptive: Sendable, Equatable {
+    case pass, deny, block, drop, allow(AllowScope), redirect(String)
+}
+enum AllowScope: Sendable, Equatable { case all, phase, request }
+
+enum SetVarOp: Sendable {
+    case set(Macro), add(Macro), sub(Macro), delete
+}
+struct SetVar: Sendable {
+    var collection: Collection
+    var key: Macro     // lowercased at run time
+    var op: SetVarOp
+}
+
+enum CtlAction: Sendable {
+    case ruleEngine(EngineMode)
+    case ruleRemoveById([ClosedRange<Int>])
+    case ruleRemoveByTag(String)
+    case ruleRemoveTargetById([ClosedRange<Int>], Exclusion)
+    case ruleRemoveTargetByTag(String, Exclusion)
+    case requestBodyProcessor(String)
+    case forceRequestBodyVariable(Bool)
+    case requestBodyAccess(Bool)
+    case requestBodyLimit(Int)
+    case ignored
+}
+
+/// One SecRule / SecAction / SecMarker (chained links hang off `chained`).
+final class Rule: @unchecked Sendable {
+    var id: Int = 0
+    var phase: Int = 2
+    var targets: [Target] = []
+    var exclusions: [Exclusion] = []
+    var op = Operator(kind: .unconditional, negated: false, param: Macro(""), name: "unconditionalMatch")
+    var transforms: [Transform] = []
+    var transformChainID = 0
+    var hasTNone = false
+    var disruptive: Disruptive?
+    var status: Int?
+    var msg: Macro?
+    var logdata: Macro?
+    var tags: [String] = []
+    var severity: Int?
+    var ver: String?
+    var rev: String?
+    var maturity: String?
+    var accuracy: String?
+    var log: Bool?
+    var auditlog: Bool?
+    var capture = false
+    var multiMatch = false
+    var setvars: [SetVar] = []
+    var initcols: [(Collection, Macro)] = []
+    var ctls: [CtlAction] = []
+    var skip = 0
+    var skipAfter: String?
+    var chain = false
+    var chained: Rule?
+    var marker: String?
+    var file = ""
+    var line = 0
+    var isChainLink = false
+    /// Index of this rule in its phase list (set at finalize).
+    var index = 0
+    var idString = "0"
+
+    var isMarker: Bool { marker != nil }
+}
+
+enum Severity {
+    static let names = ["EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG"]
+    static func parse(_ s: String) -> Int? {
+        if let n = Int(s), (0...7).contains(n) { return n }
+        return names.firstIndex(of: s.uppercased())
+    }
+}
+
+/// Engine settings from Sec* directives.
+public struct EngineSettings: Sendable {
+    public var ruleEngine: EngineMode = .on
+    public var requestBodyAccess = true
+    public var requestBodyLimit = 13_107_200
+    public var requestBodyNoFilesLimit = 131_072
+    public var requestBodyLimitAction: BodyLimitAction = .reject
+    public var responseBodyAccess = false
+    public var responseBodyLimit = 524_288
+    public var responseBodyLimitAction: BodyLimitAction = .processPartial
+    public var responseBodyMimeTypes: [String] = ["text/plain", "text/html"]
+    public var argumentSeparator: UInt8 = UInt8(ascii: "&")
+    public var pcreMatchLimit: UInt32 = 100_000
+    public var collectionTimeout = 3600
+    public var componentSignatures: [String] = []
+}

@@ -1,0 +1,262 @@
+import CPCRE2
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A PCRE2 pattern compiled once at load (8-bit, no UTF, JIT), matched with a per-thread
+/// scratch (match data, JIT stack, match limit) so matching never allocates.
+final class Regex: @unchecked Sendable {
+    let pattern: String
+    private let code: OpaquePointer
+    let jit: Bool
+
+    struct CompileError: Error { var message: String; var offset: Int }
+
+    /// ModSecurity v3 compiles @rx with DOTALL | MULTILINE.
+    init(_ pattern: String, caseless: Bool = false) throws(CompileError) {
+        self.pattern = pattern
+        let bytes = pattern.latin1
+        var err: Int32 = 0
+        var off = 0
+        var opts = cpcre2_dotall() | cpcre2_multiline()
+        if caseless { opts |= cpcre2_caseless() }
+        let c = bytes.withUnsafeBufferPointer { p in
+            cpcre2_compile(p.baseAddress, p.count, opts, &err, &off)
+        }
+        guard let c else {
+            var buf = [UInt8](repeating: 0, count: 256)
+            let n = buf.withUnsafeMutableBufferPointer { cpcre2_error_message(err, $0.baseAddress, 256) }
+            throw CompileError(message: String(decoding: buf.prefix(Int(max(0, n))), as: UTF8.self), offset: off)
+        }
+        code = c
+        jit = cpcre2_jit_compile(c) == 0
+    }
+
+    deinit { cpcre2_code_free(code) }
+
+    @inline(__always) private func run(_ s: UnsafeBufferPointer<UInt8>, _ scratch: UnsafeMutablePointer<cpcre2_scratch>) -> Int32 {
+        cpcre2_match(code, s.baseAddress, s.count, scratch)
+    }
+
+    func matches(_ s: Bytes) -> Bool {
+        guard let scratch = RegexScratch.current else { return false }
+        return s.withUnsafeBufferPointer { run($0, scratch) } >= 0
+    }
+
+    /// The whole match and up to `groups` capture groups (empty for unset ones), or nil.
+    func firstMatch(_ s: Bytes, groups: Int) -> [Bytes]? {
+        guard let scratch = RegexScratch.current else { return nil }
+        return s.withUnsafeBufferPointer { p -> [Bytes]? in
+            let rc = run(p, scratch)
+            if rc < 0 { return nil }
+            guard let ov = cpcre2_ovector(scratch) else { return nil }
+            let pairs = Int(cpcre2_ovector_count(scratch))
+            let n = rc == 0 ? pairs : min(Int(rc), pairs)
+            var out: [Bytes] = []
+            for g in 0..<min(n, groups + 1) {
+                let a = ov[2 * g], b = ov[2 * g + 1]
+                if a == cpcre2_unset() || b < a || b > p.count { out.append([]) } else { out.append(Array(p[a..<b])) }
+            }
+            return out
+        }
+    }
+}
+
+/// Per-thread PCRE2 scratch, created on first use and freed with the thread.
+enum RegexScratch {
+    nonisolated(unsafe) static var matchLimit: UInt32 = 500_000
+    private static let key: pthread_key_t = {
+        var k = pthread_key_t()
+        pthread_key_create(&k) { p in
+            cpcre2_scratch_free(p?.assumingMemoryBound(to: cpcre2_scratch.self))
+        }
+        return k
+    }()
+
+    static var current: UnsafeMutablePointer<cpcre2_scratch>? {
+        if let p = pthread_getspecific(key) { return p.assumingMemoryBound(to: cpcre2_scratch.self) }
+        guard let s = cpcre2_scratch_create(16, matchLimit) else { return nil }
+        pthread_setspecific(key, s)
+        return s
+    }
+}
+
+/// Case-insensitive multi-pattern search (@pm, @pmFromFile): Aho–Corasick over bytes with
+/// ASCII case folding; reports the first phrase found.
+final class AhoCorasick: @unchecked Sendable {
+    private var rootNext = [Int32](repeating: 0, count: 256)
+    private var edges: [[(UInt8, Int32)]] = [[]]
+    private var fail: [Int32] = [0]
+    /// Pattern index ending here (directly or through the dictionary suffix), -1 if none.
+    private var output: [Int32] = [-1]
+    let patterns: [Bytes]
+
+    init(_ phrases: [Bytes]) {
+        patterns = phrases.filter { !$0.isEmpty }
+        for (pi, p) in patterns.enumerated() {
+            var node: Int32 = 0
+            for raw in p {
+                let c = lowerByte(raw)
+                if let nx = edges[Int(node)].first(where: { $0.0 == c })?.1 { node = nx; continue }
+                let n = Int32(edges.count)
+                edges.append([]); fail.append(0); output.append(-1)
+                edges[Int(node)].append((c, n))
+                node = n
+            }
+            if output[Int(node)] < 0 { output[Int(node)] = Int32(pi) }
+        }
+        for (c, n) in edges[0] { rootNext[Int(c)] = n }
+        // BFS for failure links.
+        var queue: [Int32] = edges[0].map { $0.1 }
+        var qi = 0
+        while qi < queue.count {
+            let u = queue[qi]; qi += 1
+            for (c, v) in edges[Int(u)] {
+                var f = fail[Int(u)]
+                while f != 0, child(f, c) == nil { f = fail[Int(f)] }
+                var target = child(f, c) ?? 0
+                if target == v { target = 0 }
+                fail[Int(v)] = target
+                if output[Int(v)] < 0 { output[Int(v)] = output[Int(target)] }
+                queue.append(v)
+            }
+        }
+    }
+
+    @inline(__always) private func child(_ node: Int32, _ c: UInt8) -> Int32? {
+        if node == 0 { let n = rootNext[Int(c)]; return n == 0 ? nil : n }
+        for (k, v) in edges[Int(node)] where k == c { return v }
+        return nil
+    }
+
+    /// The index of a phrase found in `s`, or nil.
+    func search(_ s: Bytes) -> Int? {
+        var node: Int32 = 0
+        for raw in s {
+            let c = lowerByte(raw)
+            while true {
+                if node == 0 { node = rootNext[Int(c)]; break }
+                var found: Int32 = -1
+                for (k, v) in edges[Int(node)] where k == c { found = v; break }
+                if found >= 0 { node = found; break }
+                node = fail[Int(node)]
+            }
+            let o = output[Int(node)]
+            if o >= 0 { return Int(o) }
+        }
+        return nil
+    }
+}
+
+/// @ipMatch: IPv4/IPv6 addresses and CIDR ranges.
+struct IPMatcher: Sendable {
+    private var v4: [(UInt32, UInt32)] = []
+    private var v6: [(UInt64, UInt64, UInt64, UInt64)] = []   // addr hi, lo, mask hi, lo
+
+    init?(_ list: [String]) {
+        for raw in list {
+            let item = raw.trimmingSpaces
+            if item.isEmpty { continue }
+            var addr = Substring(item)
+            var bits: Int?
+            if let slash = item.firstIndex(of: "/") {
+                addr = item[..<slash]
+                guard let b = Int(item[item.index(after: slash)...]) else { return nil }
+                bits = b
+            }
+            if let a = IPMatcher.parseV4(addr) {
+                let b = bits ?? 32
+                guard (0...32).contains(b) else { return nil }
+                let mask: UInt32 = b == 0 ? 0 : ~UInt32(0) << UInt32(32 - b)
+                v4.append((a & mask, mask))
+            } else if let (hi, lo) = IPMatcher.parseV6(addr) {
+                let b = bits ?? 128
+                guard (0...128).contains(b) else { return nil }
+                let mh: UInt64 = b >= 64 ? ~0 : (b == 0 ? 0 : ~UInt64(0) << UInt64(64 - b))
+                let ml: UInt64 = b <= 64 ? 0 : (b >= 128 ? ~0 : ~UInt64(0) << UInt64(128 - b))
+                v6.append((hi & mh, lo & ml, mh, ml))
+            } else { return nil }
+        }
+    }
+
+    func contains(_ s: String) -> Bool {
+        if let a = IPMatcher.parseV4(Substring(s)) { return v4.contains { a & $0.1 == $0.0 } }
+        if let (hi, lo) = IPMatcher.parseV6(Substring(s)) { return v6.contains { hi & $0.2 == $0.0 && lo & $0.3 == $0.1 } }
+        return false
+    }
+
+    static func parseV4(_ s: Substring) -> UInt32? {
+        let parts = s.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4 else { return nil }
+        var v: UInt32 = 0
+        for p in parts {
+            guard !p.isEmpty, p.count <= 3, let n = UInt32(p), n <= 255 else { return nil }
+            v = v << 8 | n
+        }
+        return v
+    }
+
+    static func parseV6(_ s: Substring) -> (UInt64, UInt64)? {
+        guard s.contains(":") else { return nil }
+        var groups: [UInt16] = []
+        var tail: [UInt16] = []
+        var sawGap = false
+        let halves = s.components(separatedBy: "::")
+        guard halves.count <= 2 else { return nil }
+        func parse(_ h: String) -> [UInt16]? {
+            if h.isEmpty { return [] }
+            var out: [UInt16] = []
+            let parts = h.split(separator: ":", omittingEmptySubsequences: false)
+            for (i, p) in parts.enumerated() {
+                if i == parts.count - 1, p.contains("."), let v4 = parseV4(p) {
+                    out.append(UInt16(v4 >> 16)); out.append(UInt16(v4 & 0xffff)); continue
+                }
+                guard !p.isEmpty, p.count <= 4, let n = UInt16(p, radix: 16) else { return nil }
+                out.append(n)
+            }
+            return out
+        }
+        guard let a = parse(halves[0]) else { return nil }
+        groups = a
+        if halves.count == 2 { sawGap = true; guard let b = parse(halves[1]) else { return nil }; tail = b }
+        let fill = 8 - groups.count - tail.count
+        if sawGap { guard fill >= 1 else { return nil }; groups += [UInt16](repeating: 0, count: fill) + tail }
+        guard groups.count == 8 else { return nil }
+        var hi: UInt64 = 0, lo: UInt64 = 0
+        for i in 0..<4 { hi = hi << 16 | UInt64(groups[i]) }
+        for i in 4..<8 { lo = lo << 16 | UInt64(groups[i]) }
+        return (hi, lo)
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" || f == "\r" || f == "\n" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" || l == "\r" || l == "\n" { s = s.dropLast() }
+        return String(s)
+    }
+    func components(separatedBy sep: String) -> [String] {
+        var out: [String] = []
+        var rest = Substring(self)
+        while let r = rest.range(of: sep) {
+            out.append(String(rest[..<r.lowerBound]))
+            rest = rest[r.upperBound...]
+        }
+        out.append(String(rest))
+        return out
+    }
+}
+
+extension Substring {
+    func components(separatedBy sep: String) -> [String] { String(self).components(separatedBy: sep) }
+    func range(of needle: String) -> Range<Index>? {
+        guard !needle.isEmpty else { return nil }
+        var i = startIndex
+        while i < endIndex {
+            if self[i...].hasPrefix(needle) { return i..<(index(i, offsetBy: needle.count)) }
+            i = index(after: i)
+        }
+        return nil
+    }
+}

@@ -1,0 +1,748 @@
+import CInjection
+
+/// What a rule decided for the request: ModSecurity's intervention.
+public struct Intervention: Sendable, Equatable {
+    public var status: Int
+    public var redirect: String?
+    public var drop: Bool
+    public var ruleID: Int
+    public var phase: Int
+}
+
+/// One matched rule, for the audit log, metrics and span events.
+public struct RuleMatch: Sendable {
+    public var id: Int
+    public var phase: Int
+    public var msg: String
+    public var data: String
+    public var severity: Int?
+    public var tags: [String]
+    public var ver: String?
+    public var rev: String?
+    public var maturity: String?
+    public var accuracy: String?
+    public var file: String
+    public var line: Int
+    public var matchedVarName: String
+    public var matchedVar: String
+    public var operatorName: String
+    public var operatorParam: String
+    /// Whether this match disrupted the request (enforced deny/drop/redirect).
+    public var disruptive: Bool
+    public var log: Bool
+
+    /// ModSecurity's message text: `... [id "942100"] [msg "..."] [data "..."] [severity "2"] ...`.
+    public func modsecText(uri: String, uniqueID: String, hostname: String) -> String {
+        var s = disruptive ? "ModSecurity: Access denied. " : "ModSecurity: Warning. "
+        if operatorName == "unconditionalMatch" || matchedVarName.isEmpty {
+            s += "Unconditional match in SecAction. "
+        } else {
+            s += "Matched \"Operator `\(operatorName)' with parameter `\(RuleMatch.clip(operatorParam, 200))' against variable `\(matchedVarName)' (Value: `\(RuleMatch.clip(matchedVar, 200))' ) "
+        }
+        s += "[file \"\(file)\"] [line \"\(line)\"] [id \"\(id)\"] [rev \"\(rev ?? "")\"] [msg \"\(RuleMatch.esc(msg))\"] [data \"\(RuleMatch.esc(data))\"] "
+        s += "[severity \"\(severity.map(String.init) ?? "0")\"] [ver \"\(ver ?? "")\"] [maturity \"\(maturity ?? "0")\"] [accuracy \"\(accuracy ?? "0")\"] "
+        for t in tags { s += "[tag \"\(RuleMatch.esc(t))\"] " }
+        s += "[hostname \"\(hostname)\"] [uri \"\(RuleMatch.esc(uri))\"] [unique_id \"\(uniqueID)\"]"
+        return s
+    }
+
+    static func clip(_ s: String, _ n: Int) -> String { s.count > n ? String(s.prefix(n)) + "..." : s }
+    static func esc(_ s: String) -> String { s.contains("\"") ? s.replacingAll("\"", "\\\"") : s }
+}
+
+extension String {
+    func replacingAll(_ a: Character, _ b: String) -> String {
+        var out = ""
+        for c in self { if c == a { out += b } else { out.append(c) } }
+        return out
+    }
+}
+
+/// One argument, header, cookie or file entry.
+struct Entry {
+    var key: Bytes
+    var keyLower: String
+    var value: Bytes
+    var id: Int
+}
+
+/// A value a target produced, before transformation.
+struct Value {
+    var collection: Collection
+    var key: Bytes?
+    var value: Bytes
+    /// Transformation cache id (-1: not cached).
+    var id: Int
+    var name: Bytes {
+        guard let key else { return collection.rawValue.latin1 }
+        return collection.rawValue.latin1 + [58] + key
+    }
+}
+
+/// Keyed variable store (TX, IP, …): case-insensitive keys, original spelling kept.
+struct VarStore {
+    var map: [String: (key: Bytes, value: Bytes)] = [:]
+    subscript(_ k: String) -> Bytes? { map[k]?.value }
+    mutating func set(_ key: Bytes, _ v: Bytes) { map[keyString(key)] = (key, v) }
+    mutating func remove(_ key: Bytes) { map[keyString(key)] = nil }
+}
+
+/// One request's evaluation state (ModSecurity's Transaction). Confined to one thread.
+public final class Transaction {
+    let rs: RuleSet
+    public private(set) var mode: EngineMode
+    public let requestID: String
+    let clientAddress: String
+    let clientPort: Int
+    let serverAddress: String
+    let serverPort: Int
+    let startNanos: UInt64
+
+    // Request line and headers.
+    var method: Bytes = []
+    var uriRaw: Bytes = []
+    var uri: Bytes = []
+    var filename: Bytes = []
+    var basename: Bytes = []
+    var queryString: Bytes = []
+    var proto: Bytes = []
+    var requestLine: Bytes = []
+    var hostname = ""
+    var headers: [Entry] = []
+    var cookies: [Entry] = []
+    var argsGet: [Entry] = []
+    var argsPost: [Entry] = []
+    var files: [Entry] = []
+    var filesSizes: [Entry] = []
+    var partHeaders: [Entry] = []
+    var partHeadersPending: [(Bytes, Bytes)] = []
+    var xmlText: Bytes?
+    var requestBody: Bytes = []
+    var requestBodyLength = 0
+    var bodyProcessor: String?
+    var forceRequestBodyVariable = false
+    public private(set) var requestBodyAccess: Bool
+    public private(set) var requestBodyLimit: Int
+    var bodyLimitExceeded = false
+    var flags: [Collection: Int] = [:]
+    var reqbodyErrorMsg: Bytes = []
+    var collections: [Collection: VarStore] = [:]
+
+    // Response.
+    var responseStatus: Bytes = []
+    var responseProtocol: Bytes = []
+    var responseHeaders: [Entry] = []
+    var responseBody: Bytes = []
+    public private(set) var responseBodyAccess: Bool
+
+    // Match state.
+    var matchedVar: Bytes = []
+    var matchedVarName: Bytes = []
+    var matchedVars: [Entry] = []
+    var currentRule: Rule?
+    var lastOperatorParam: Bytes = []
+    var removedIDs: [ClosedRange<Int>] = []
+    var removedTags: [String] = []
+    var targetRemovalsByID: [([ClosedRange<Int>], Exclusion)] = []
+    var targetRemovalsByTag: [(String, Exclusion)] = []
+    var allowScope: AllowScope?
+    public private(set) var intervention: Intervention?
+    /// Every matched rule (chain starter) in order.
+    public private(set) var matches: [RuleMatch] = []
+    var cache: [Int: Bytes] = [:]
+    var nextID = 0
+    var phasesRun = Set<Int>()
+
+    public init(ruleSet: RuleSet, requestID: String, clientAddress: String, clientPort: Int = 0,
+                serverAddress: String = "", serverPort: Int = 0, startNanos: UInt64 = 0) {
+        rs = ruleSet
+        mode = ruleSet.settings.ruleEngine
+        self.requestID = requestID
+        self.clientAddress = clientAddress
+        self.clientPort = clientPort
+        self.serverAddress = serverAddress
+        self.serverPort = serverPort
+        self.startNanos = startNanos
+        requestBodyAccess = ruleSet.settings.requestBodyAccess
+        requestBodyLimit = ruleSet.settings.requestBodyLimit
+        responseBodyAccess = ruleSet.settings.responseBodyAccess
+    }
+
+    /// Forces DetectionOnly (shadow mode) whatever SecRuleEngine says.
+    public func forceDetectionOnly() { if mode == .on { mode = .detectionOnly } }
+
+    func newID() -> Int { nextID += 1; return nextID }
+
+    func entry(_ k: Bytes, _ v: Bytes) -> Entry { Entry(key: k, keyLower: keyString(k), value: v, id: newID()) }
+
+    // MARK: request
+
+    /// Request line and headers; runs phase 1.
+    public func processRequestHeaders(method m: String, target: String, protocol p: String, headers h: [(String, String)]) -> Intervention? {
+        method = Array(m.utf8)
+        uriRaw = Array(target.utf8)
+        proto = Array(p.utf8)
+        requestLine = method + [32] + uriRaw + [32] + proto
+        var path = uriRaw
+        if let q = uriRaw.firstIndex(of: 63) {
+            path = Array(uriRaw[..<q])
+            queryString = Array(uriRaw[(q + 1)...])
+            argsGet = parseURLEncoded(queryString)
+        }
+        // Absolute-form: drop scheme and authority from the path variables.
+        if path.first != 47, let r = bytesFind(path, Array("://".utf8)) {
+            let after = path[(r + 3)...]
+            path = after.firstIndex(of: 47).map { Array(path[$0...]) } ?? [47]
+        }
+        let decodedPath = T.uriDecode(path)
+        filename = decodedPath
+        basename = decodedPath.lastIndex(of: 47).map { Array(decodedPath[($0 + 1)...]) } ?? decodedPath
+        uri = T.uriDecode(queryString.isEmpty && !uriRaw.contains(63) ? path : path + [63] + queryString)
+        for (name, value) in h {
+            let e = entry(Array(name.utf8), Array(value.utf8))
+            headers.append(e)
+            if e.keyLower == "cookie" { cookies += parseCookies(e.value) }
+            if e.keyLower == "host" { hostname = value }
+        }
+        if let ct = header("content-type") {
+            let l = asciiLower(ct)
+            if l.starts(with: Array("application/x-www-form-urlencoded".utf8)) { bodyProcessor = "URLENCODED" }
+            else if l.starts(with: Array("multipart/form-data".utf8)) { bodyProcessor = "MULTIPART" }
+        }
+        collections[.tx] = VarStore()
+        return runPhase(1)
+    }
+
+    func header(_ lower: String) -> Bytes? { headers.first { $0.keyLower == lower }?.value }
+
+    /// Appends request body bytes; false once the body exceeds the limit (bytes beyond are dropped).
+    @discardableResult
+    public func appendRequestBody(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        requestBodyLength &+= bytes.count
+        guard requestBodyAccess else { return true }
+        let room = requestBodyLimit - requestBody.count
+        if room <= 0 { bodyLimitExceeded = bodyLimitExceeded || bytes.count > 0; return bytes.isEmpty }
+        requestBody.append(contentsOf: bytes.prefix(room))
+        if bytes.count > room { bodyLimitExceeded = true; return false }
+        return true
+    }
+
+    public func appendRequestBody(_ bytes: Bytes) {
+        bytes.withUnsafeBytes { _ = appendRequestBody($0) }
+    }
+
+    /// What SecRequestBodyLimitAction says for a body over the limit (nil: process the part).
+    public var bodyLimitIntervention: Intervention? {
+        guard rs.settings.requestBodyLimitAction == .reject, mode == .on else { return nil }
+        return Intervention(status: 413, redirect: nil, drop: false, ruleID: 0, phase: 2)
+    }
+
+    /// Parses the body with its processor and runs phase 2.
+    public func processRequestBody() -> Intervention? {
+        if let i = intervention { return i }
+        if requestBodyAccess && !requestBody.isEmpty {
+            switch bodyProcessor {
+            case "URLENCODED"?: argsPost = parseURLEncoded(requestBody)
+            case "MULTIPART"?: parseMultipart()
+            case "JSON"?: parseJSON()
+            case "XML"?: parseXML()
+            default: break
+            }
+        }
+        if bodyLimitExceeded { flags[.inboundDataError] = 1 }
+        return runPhase(2)
+    }
+
+    // MARK: response
+
+    public func processResponseHeaders(status: Int, protocol p: String, headers h: [(String, String)]) -> Intervention? {
+        responseStatus = status.bytes
+        responseProtocol = Array(p.utf8)
+        responseHeaders = h.map { entry(Array($0.0.utf8), Array($0.1.utf8)) }
+        return runPhase(3)
+    }
+
+    /// Whether the response body should be buffered for phase 4 (access on, MIME type listed).
+    public var wantsResponseBody: Bool {
+        guard responseBodyAccess, mode != .off else { return false }
+        guard let ct = responseHeaders.first(where: { $0.keyLower == "content-type" })?.value else { return false }
+        let mime = String(latin1: asciiLower(Array(ct.prefix { $0 != 59 }))).trimmingSpaces
+        return rs.settings.responseBodyMimeTypes.contains(mime)
+    }
+
+    public func appendResponseBody(_ bytes: UnsafeRawBufferPointer) {
+        let room = rs.settings.responseBodyLimit - responseBody.count
+        if room > 0 { responseBody.append(contentsOf: bytes.prefix(room)) }
+    }
+
+    public func processResponseBody() -> Intervention? { runPhase(4) }
+
+    public func processLogging() { _ = runPhase(5) }
+
+    // MARK: phases
+
+    func runPhase(_ p: Int) -> Intervention? {
+        guard !phasesRun.contains(p) else { return intervention }
+        phasesRun.insert(p)
+        if mode == .off || intervention != nil { return intervention }
+        if let a = allowScope {
+            if a == .all && p < 5 { return nil }
+            if a == .request && p <= 2 { return nil }
+        }
+        let list = rs.phases[p]
+        var i = 0
+        while i < list.count {
+            let r = list[i]
+            i += 1
+            if r.isMarker || isRemoved(r) { continue }
+            guard evaluateChain(r) else { continue }
+            let d = resolveDisruptive(r, phase: p)
+            let enforced = mode == .on
+            var disrupted = false
+            switch d {
+            case .deny, .drop, .redirect:
+                if enforced {
+                    var status = r.status ?? 403
+                    var redirect: String?
+                    if case .redirect(let url) = d { redirect = String(latin1: expand(Macro(url))); status = r.status.map { [301, 302, 303, 307].contains($0) ? $0 : 302 } ?? 302 }
+                    intervention = Intervention(status: status, redirect: redirect, drop: d == .drop, ruleID: r.id, phase: p)
+                    disrupted = true
+                }
+            case .allow(let scope):
+                if enforced { allowScope = scope }
+            default: break
+            }
+            record(r, phase: p, disruptive: disrupted)
+            if disrupted { return intervention }
+            if enforced, case .allow = d { return nil }
+            if let m = r.skipAfter {
+                if let idx = rs.markers[p][m], idx >= i { i = idx + 1 } else { return nil }
+            } else if r.skip > 0 {
+                var n = r.skip
+                while n > 0, i < list.count { if !list[i].isMarker { n -= 1 }; i += 1 }
+            }
+        }
+        return intervention
+    }
+
+    func resolveDisruptive(_ r: Rule, phase: Int) -> Disruptive {
+        let d = r.disruptive ?? .pass
+        if d == .block { return rs.defaultDisruptive[phase] }
+        return d
+    }
+
+    func isRemoved(_ r: Rule) -> Bool {
+        if !removedIDs.isEmpty, removedIDs.contains(where: { $0.contains(r.id) }) { return true }
+        if !removedTags.isEmpty, removedTags.contains(where: { t in r.tags.contains { Loader.tagMatches(t, $0) } }) { return true }
+        return false
+    }
+
+    func record(_ r: Rule, phase: Int, disruptive: Bool) {
+        let log = r.log ?? rs.defaultLog[phase]
+        let m = RuleMatch(id: r.id, phase: phase, msg: r.msg.map { String(latin1: expand($0, rule: r)) } ?? "",
+                          data: r.logdata.map { String(latin1: expand($0, rule: r)) } ?? "",
+                          severity: r.severity, tags: r.tags, ver: r.ver, rev: r.rev, maturity: r.maturity, accuracy: r.accuracy,
+                          file: r.file, line: r.line, matchedVarName: String(latin1: matchedVarName), matchedVar: String(latin1: matchedVar),
+                          operatorName: lastOperatorName, operatorParam: String(latin1: lastOperatorParam), disruptive: disruptive, log: log || disruptive)
+        matches.append(m)
+    }
+    var lastOperatorName = ""
+
+    // MARK: rule evaluation
+
+    /// Evaluates a rule and its chain; on a full match runs the non-disruptive actions
+    /// (last link first, as ModSecurity v3 does) and returns true.
+    func evaluateChain(_ starter: Rule) -> Bool {
+        var links: [Rule] = []
+        var link: Rule? = starter
+        while let l = link {
+            guard evaluate(l, starter: starter) else { return false }
+            links.append(l)
+            link = l.chained
+        }
+        for l in links.reversed() { runActions(l) }
+        return true
+    }
+
+    func evaluate(_ r: Rule, starter: Rule) -> Bool {
+        currentRule = starter
+        if r.targets.isEmpty {
+            lastOperatorName = "unconditionalMatch"
+            return execute(r.op, [], capture: r.capture)
+        }
+        var exclusions = r.exclusions
+        if !targetRemovalsByID.isEmpty {
+            for (ids, e) in targetRemovalsByID where ids.contains(where: { $0.contains(starter.id) }) { exclusions.append(e) }
+        }
+        if !targetRemovalsByTag.isEmpty {
+            for (t, e) in targetRemovalsByTag where starter.tags.contains(where: { Loader.tagMatches(t, $0) }) { exclusions.append(e) }
+        }
+        var matched = false
+        for t in r.targets {
+            let values = collect(t, exclusions: exclusions)
+            for v in values {
+                if r.multiMatch {
+                    var cur = v.value
+                    if execute(r.op, cur, capture: r.capture) { noteMatch(v, cur, r); matched = true; continue }
+                    var hit = false
+                    for tr in r.transforms {
+                        let next = tr.apply(cur)
+                        if next == cur { continue }
+                        cur = next
+                        if execute(r.op, cur, capture: r.capture) { hit = true; break }
+                    }
+                    if hit { noteMatch(v, cur, r); matched = true }
+                } else {
+                    let tv = transformed(v, r)
+                    if execute(r.op, tv, capture: r.capture) { noteMatch(v, tv, r); matched = true }
+                }
+            }
+        }
+        return matched
+    }
+
+    func noteMatch(_ v: Value, _ tv: Bytes, _ r: Rule) {
+        matchedVar = tv
+        matchedVarName = v.name
+        matchedVars.append(Entry(key: matchedVarName, keyLower: keyString(matchedVarName), value: tv, id: -1))
+        lastOperatorName = r.op.name
+    }
+
+    func transformed(_ v: Value, _ r: Rule) -> Bytes {
+        if r.transforms.isEmpty { return v.value }
+        if v.id >= 0 {
+            let key = v.id &* 1024 &+ r.transformChainID
+            if let c = cache[key] { return c }
+            var cur = v.value
+            for t in r.transforms { cur = t.apply(cur) }
+            cache[key] = cur
+            return cur
+        }
+        var cur = v.value
+        for t in r.transforms { cur = t.apply(cur) }
+        return cur
+    }
+
+    // MARK: variables
+
+    func collect(_ t: Target, exclusions: [Exclusion]) -> [Value] {
+        var out: [Value] = []
+        func keyed(_ list: [Entry], _ c: Collection, names: Bool = false, reportAs: Collection? = nil) {
+            for e in list {
+                guard t.key.matches(e.keyLower, e.key) else { continue }
+                if !exclusions.isEmpty, exclusions.contains(where: { x in x.excludes(c, e.keyLower, e.key) || (reportAs.map { r in x.excludes(r, e.keyLower, e.key) } ?? false) }) { continue }
+                out.append(Value(collection: reportAs ?? c, key: e.key, value: names ? e.key : e.value, id: names ? -1 : e.id))
+            }
+        }
+        func store(_ c: Collection) {
+            guard let s = collections[c] else { return }
+            for (kl, kv) in s.map {
+                guard t.key.matches(kl, kv.key) else { continue }
+                if !exclusions.isEmpty, exclusions.contains(where: { $0.excludes(c, kl, kv.key) }) { continue }
+                out.append(Value(collection: c, key: kv.key, value: kv.value, id: -1))
+            }
+        }
+        func scalar(_ v: Bytes, id: Int = -1) {
+            if !exclusions.isEmpty, exclusions.contains(where: { $0.collection == t.collection }) { return }
+            out.append(Value(collection: t.collection, key: nil, value: v, id: id))
+        }
+        func flag(_ c: Collection) { scalar((flags[c] ?? 0).bytes) }
+        switch t.collection {
+        case .args: keyed(argsGet, .args); keyed(argsPost, .args)
+        case .argsGet: keyed(argsGet, .argsGet)
+        case .argsPost: keyed(argsPost, .argsPost)
+        case .argsNames: keyed(argsGet, .argsNames, names: true); keyed(argsPost, .argsNames, names: true)
+        case .argsGetNames: keyed(argsGet, .argsGetNames, names: true)
+        case .argsPostNames: keyed(argsPost, .argsPostNames, names: true)
+        case .argsCombinedSize:
+            scalar((argsGet + argsPost).reduce(0) { $0 + $1.key.count + $1.value.count }.bytes)
+        case .requestHeaders: keyed(headers, .requestHeaders)
+        case .requestHeadersNames: keyed(headers, .requestHeadersNames, names: true)
+        case .requestCookies: keyed(cookies, .requestCookies)
+        case .requestCookiesNames: keyed(cookies, .requestCookiesNames, names: true)
+        case .files: keyed(files, .files)
+        case .filesNames: keyed(files, .filesNames, names: true)
+        case .filesSizes: keyed(filesSizes, .filesSizes)
+        case .filesCombinedSize: scalar(filesSizes.reduce(0) { $0 + parseLeadingInt($1.value) }.bytes)
+        case .multipartPartHeaders: keyed(partHeaders, .multipartPartHeaders)
+        case .multipartName: keyed(argsPost, .multipartName, names: true)
+        case .multipartFilename: for f in files { out.append(Value(collection: .multipartFilename, key: f.key, value: f.value, id: -1)) }
+        case .responseHeaders: keyed(responseHeaders, .responseHeaders)
+        case .responseHeadersNames: keyed(responseHeaders, .responseHeadersNames, names: true)
+        case .matchedVars: keyed(matchedVars, .matchedVars)
+        case .matchedVarsNames: keyed(matchedVars, .matchedVarsNames, names: true)
+        case .tx, .ip, .global, .session, .user, .resource, .geo, .env: store(t.collection)
+        case .xml: if let x = xmlText { scalar(x, id: 1_000_000) }
+        case .rule:
+            if let r = currentRule, case .exact(let k) = t.key {
+                switch k {
+                case "id": out.append(Value(collection: .rule, key: Array("id".utf8), value: r.id.bytes, id: -1))
+                case "msg": out.append(Value(collection: .rule, key: Array("msg".utf8), value: r.msg.map { expand($0) } ?? [], id: -1))
+                case "severity": out.append(Value(collection: .rule, key: Array("severity".utf8), value: (r.severity ?? 0).bytes, id: -1))
+                default: break
+                }
+            }
+        case .requestFilename: scalar(filename, id: 1_000_001)
+        case .requestBasename: scalar(basename, id: 1_000_002)
+        case .requestURI: scalar(uri, id: 1_000_003)
+        case .requestURIRaw: scalar(uriRaw, id: 1_000_004)
+        case .requestLine: scalar(requestLine, id: 1_000_005)
+        case .requestMethod: scalar(method, id: 1_000_006)
+        case .requestProtocol: scalar(proto, id: 1_000_007)
+        case .queryString: scalar(queryString, id: 1_000_008)
+        case .requestBody:
+            if bodyProcessor == nil || bodyProcessor == "URLENCODED" || forceRequestBodyVariable { scalar(requestBody, id: 1_000_009) }
+        case .requestBodyLength: scalar(requestBodyLength.bytes)
+        case .remoteAddr: scalar(Array(clientAddress.utf8))
+        case .remotePort: scalar(clientPort.bytes)
+        case .remoteHost: scalar(Array(clientAddress.utf8))
+        case .serverAddr: scalar(Array(serverAddress.utf8))
+        case .serverPort: scalar(serverPort.bytes)
+        case .serverName: scalar(Array(hostname.utf8))
+        case .uniqueID: scalar(Array(requestID.utf8))
+        case .duration: scalar(Int((wallNanos() &- startNanos) / 1000).bytes)
+        case .reqbodyError: flag(.reqbodyError)
+        case .reqbodyErrorMsg: scalar(reqbodyErrorMsg)
+        case .reqbodyProcessorError: flag(.reqbodyError)
+        case .reqbodyProcessor: if let p = bodyProcessor { scalar(Array(p.utf8)) }
+        case .responseStatus: scalar(responseStatus)
+        case .responseProtocol: scalar(responseProtocol)
+        case .responseBody: if !responseBody.isEmpty { scalar(responseBody, id: 1_000_010) }
+        case .responseContentType: if let v = responseHeaders.first(where: { $0.keyLower == "content-type" })?.value { scalar(v) }
+        case .responseContentLength: if let v = responseHeaders.first(where: { $0.keyLower == "content-length" })?.value { scalar(v) }
+        case .matchedVar: scalar(matchedVar)
+        case .matchedVarName: scalar(matchedVarName)
+        case .highestSeverity: scalar((matches.compactMap(\.severity).min() ?? 255).bytes)
+        case .statusLine: scalar(responseProtocol + [32] + responseStatus)
+        case .fullRequest: scalar(requestLine + [13, 10] + headers.flatMap { $0.key + [58, 32] + $0.value + [13, 10] } + [13, 10] + requestBody)
+        case .fullRequestLength: scalar((requestLine.count + requestBody.count).bytes)
+        case .pathInfo: scalar([])
+        case .authType: break
+        case .time, .timeEpoch: scalar(Int(wallNanos() / 1_000_000_000).bytes)
+        case .webAppID: scalar(Array("default".utf8))
+        case .multipartStrictError, .multipartUnmatchedBoundary, .multipartBoundaryQuoted, .multipartBoundaryWhitespace,
+             .multipartDataBefore, .multipartDataAfter, .multipartHeaderFolding, .multipartLFLine, .multipartMissingSemicolon,
+             .multipartInvalidQuoting, .multipartInvalidPart, .multipartInvalidHeaderFolding, .multipartFileLimitExceeded,
+             .multipartCRLFLFLines, .inboundDataError, .outboundDataError, .urlencodedError:
+            flag(t.collection)
+        }
+        if t.count { return [Value(collection: t.collection, key: nil, value: out.count.bytes, id: -1)] }
+        return out
+    }
+
+    // MARK: macros
+
+    func expand(_ m: Macro, rule: Rule? = nil) -> Bytes {
+        if m.isConstant { return m.constant }
+        var out = Bytes()
+        for p in m.parts {
+            switch p {
+            case .literal(let b): out += b
+            case .variable(let c, let key):
+                if c == .rule, let r = rule ?? currentRule {
+                    switch key ?? "" {
+                    case "id": out += r.id.bytes
+                    case "msg": if let mm = r.msg, mm.text != m.text { out += expand(mm, rule: r) }
+                    case "severity": out += (r.severity ?? 0).bytes
+                    case "ver": out += (r.ver ?? "").latin1
+                    default: break
+                    }
+                    continue
+                }
+                let t = Target(collection: c, key: key.map { .exact($0) } ?? .all, count: false, text: "")
+                if let v = collect(t, exclusions: []).first { out += v.value }
+            }
+        }
+        return out
+    }
+
+    // MARK: actions
+
+    func runActions(_ r: Rule) {
+        for (c, m) in r.initcols {
+            if collections[c] == nil { collections[c] = VarStore() }
+            _ = m
+        }
+        for sv in r.setvars {
+            let key = expand(sv.key, rule: r)
+            var store = collections[sv.collection] ?? VarStore()
+            switch sv.op {
+            case .set(let m): store.set(key, expand(m, rule: r))
+            case .add(let m):
+                let cur = store[keyString(key)].map(parseLeadingInt) ?? 0
+                store.set(key, cur.addingReportingOverflow(parseLeadingInt(expand(m, rule: r))).partialValue.bytes)
+            case .sub(let m):
+                let cur = store[keyString(key)].map(parseLeadingInt) ?? 0
+                store.set(key, cur.subtractingReportingOverflow(parseLeadingInt(expand(m, rule: r))).partialValue.bytes)
+            case .delete: store.remove(key)
+            }
+            collections[sv.collection] = store
+        }
+        for c in r.ctls {
+            switch c {
+            case .ruleEngine(let m): if mode != .off || m == .off { mode = (mode == .detectionOnly && m == .on && forcedShadow) ? .detectionOnly : m }
+            case .ruleRemoveById(let ids): removedIDs += ids
+            case .ruleRemoveByTag(let t): removedTags.append(t)
+            case .ruleRemoveTargetById(let ids, let e): targetRemovalsByID.append((ids, e))
+            case .ruleRemoveTargetByTag(let t, let e): targetRemovalsByTag.append((t, e))
+            case .requestBodyProcessor(let p): bodyProcessor = p
+            case .forceRequestBodyVariable(let b): forceRequestBodyVariable = b
+            case .requestBodyAccess(let b): requestBodyAccess = b
+            case .requestBodyLimit(let n): requestBodyLimit = n
+            case .ignored: break
+            }
+        }
+    }
+
+    var forcedShadow = false
+    public func setShadow() { forcedShadow = true; forceDetectionOnly() }
+
+    // MARK: operators
+
+    func execute(_ op: Operator, _ v: Bytes, capture: Bool) -> Bool {
+        let param: Bytes
+        switch op.kind {
+        case .rx, .pm, .validateByteRange, .ipMatch, .detectSQLi, .detectXSS, .unconditional, .noMatch, .unsupported, .validateUrlEncoding, .validateUtf8Encoding:
+            param = []
+        default:
+            param = op.param.isConstant ? op.param.constant : expand(op.param)
+        }
+        var r: Bool
+        switch op.kind {
+        case .rx(let re):
+            if capture {
+                if let groups = re.firstMatch(v, groups: 9) {
+                    var tx = collections[.tx] ?? VarStore()
+                    for (i, g) in groups.enumerated() { tx.set(i.bytes, g) }
+                    collections[.tx] = tx
+                    r = true
+                } else { r = false }
+            } else { r = re.matches(v) }
+            lastOperatorParam = re.pattern.latin1
+        case .pm(let ac):
+            if let idx = ac.search(v) {
+                r = true
+                if capture { var tx = collections[.tx] ?? VarStore(); tx.set([48], ac.patterns[idx]); collections[.tx] = tx }
+            } else { r = false }
+            lastOperatorParam = op.param.constant
+        case .rxMacro:
+            if let re = RegexCache.shared.regex(String(latin1: param)) {
+                if capture, let groups = re.firstMatch(v, groups: 9) {
+                    var tx = collections[.tx] ?? VarStore()
+                    for (i, g) in groups.enumerated() { tx.set(i.bytes, g) }
+                    collections[.tx] = tx
+                    r = true
+                } else { r = re.matches(v) }
+            } else { r = false }
+        case .eq: r = parseLeadingInt(v) == parseLeadingInt(param)
+        case .ge: r = parseLeadingInt(v) >= parseLeadingInt(param)
+        case .gt: r = parseLeadingInt(v) > parseLeadingInt(param)
+        case .le: r = parseLeadingInt(v) <= parseLeadingInt(param)
+        case .lt: r = parseLeadingInt(v) < parseLeadingInt(param)
+        case .streq: r = v == param
+        case .contains: r = bytesContains(v, param)
+        case .containsWord: r = containsWord(v, param)
+        case .beginsWith: r = v.starts(with: param)
+        case .endsWith: r = v.count >= param.count && Array(v.suffix(param.count)) == param
+        case .within: r = v.isEmpty ? false : bytesContains(param, v)
+        case .strmatch: r = bytesContains(v, param)
+        case .validateByteRange(let allowed): r = v.contains { !allowed[Int($0)] }
+        case .validateUrlEncoding: r = !Transaction.validURLEncoding(v)
+        case .validateUtf8Encoding: r = !Transaction.validUTF8(v)
+        case .ipMatch(let m): r = m.contains(String(latin1: v))
+        case .detectSQLi:
+            var fp = [CChar](repeating: 0, count: 8)
+            let res = v.withUnsafeBufferPointer { b in
+                b.withMemoryRebound(to: CChar.self) { c in fp.withUnsafeMutableBufferPointer { cinjection_sqli(c.baseAddress, c.count, $0.baseAddress) } }
+            }
+            r = res == 1
+            if r, capture {
+                let f = fp.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+                var tx = collections[.tx] ?? VarStore(); tx.set([48], f); collections[.tx] = tx
+            }
+        case .detectXSS:
+            let res = v.withUnsafeBufferPointer { b in b.withMemoryRebound(to: CChar.self) { cinjection_xss($0.baseAddress, $0.count) } }
+            r = res == 1
+            if r, capture { var tx = collections[.tx] ?? VarStore(); tx.set([48], v); collections[.tx] = tx }
+        case .unconditional: r = true
+        case .noMatch, .unsupported: r = false
+        }
+        if case .rx = op.kind {} else if case .pm = op.kind {} else { lastOperatorParam = param }
+        return op.negated ? !r : r
+    }
+
+    func containsWord(_ v: Bytes, _ w: Bytes) -> Bool {
+        if w.isEmpty { return true }
+        var start = 0
+        while start <= v.count - w.count, let i = bytesFind(Array(v[start...]), w) {
+            let a = start + i, b = a + w.count
+            let beforeOK = a == 0 || !Transaction.isWordByte(v[a - 1])
+            let afterOK = b >= v.count || !Transaction.isWordByte(v[b])
+            if beforeOK && afterOK { return true }
+            start = a + 1
+        }
+        return false
+    }
+    static func isWordByte(_ c: UInt8) -> Bool { (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 95 }
+
+    static func validURLEncoding(_ v: Bytes) -> Bool {
+        var i = 0
+        while i < v.count {
+            if v[i] == 37 {
+                guard i + 2 < v.count, isHex(v[i + 1]), isHex(v[i + 2]) else { return false }
+                i += 3
+            } else { i += 1 }
+        }
+        return true
+    }
+
+    static func validUTF8(_ v: Bytes) -> Bool {
+        var i = 0
+        while i < v.count {
+            let c = v[i]
+            if c < 0x80 { i += 1; continue }
+            var n = 0
+            var min: UInt32 = 0
+            var cp: UInt32 = 0
+            if c & 0xe0 == 0xc0 { n = 1; cp = UInt32(c & 0x1f); min = 0x80 }
+            else if c & 0xf0 == 0xe0 { n = 2; cp = UInt32(c & 0x0f); min = 0x800 }
+            else if c & 0xf8 == 0xf0 { n = 3; cp = UInt32(c & 0x07); min = 0x10000 }
+            else { return false }
+            guard i + n < v.count else { return false }
+            for k in 1...n {
+                let d = v[i + k]
+                guard d & 0xc0 == 0x80 else { return false }
+                cp = cp << 6 | UInt32(d & 0x3f)
+            }
+            if cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) { return false }
+            i += n + 1
+        }
+        return true
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// Regexes built from macro expansions at run time (bounded).
+final class RegexCache: Sendable {
+    static let shared = RegexCache()
+    private let map = Mutex<[String: Regex]>([:])
+    func regex(_ p: String) -> Regex? {
+        if let r = map.withLock({ $0[p] }) { return r }
+        guard let r = try? Regex(p) else { return nil }
+        map.withLock { m in
+            if m.count > 1000 { m.removeAll() }
+            m[p] = r
+        }
+        return r
+    }
+}
+
+func wallNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return UInt64(max(0, ts.tv_sec)) &* 1_000_000_000 &+ UInt64(max(0, ts.tv_nsec))
+}

@@ -1,0 +1,470 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// SecLang transformations (`t:`), byte for byte as ModSecurity v3 applies them.
+enum Transform: String, Sendable, CaseIterable {
+    case none, lowercase, uppercase, urlDecode, urlDecodeUni, urlEncode, htmlEntityDecode, jsDecode, cssDecode
+    case utf8toUnicode, removeNulls, replaceNulls, removeWhitespace, compressWhitespace, cmdLine, replaceComments
+    case removeComments, removeCommentsChar, normalisePath, normalizePath, normalisePathWin, normalizePathWin
+    case base64Decode, base64DecodeExt, base64Encode, hexEncode, hexDecode, sha1, length, trim, trimLeft, trimRight
+    case escapeSeqDecode, sqlHexDecode, parityEven7bit, parityOdd7bit, parityZero7bit
+
+    static func named(_ s: String) -> Transform? {
+        let l = s.asciiLowercased
+        return allCases.first { $0.rawValue.asciiLowercased == l }
+    }
+
+    func apply(_ b: Bytes) -> Bytes {
+        switch self {
+        case .none: return b
+        case .lowercase: return asciiLower(b)
+        case .uppercase: return b.map { ($0 >= 97 && $0 <= 122) ? $0 - 32 : $0 }
+        case .urlDecode: return T.urlDecode(b, uni: false)
+        case .urlDecodeUni: return T.urlDecode(b, uni: true)
+        case .urlEncode: return T.urlEncode(b)
+        case .htmlEntityDecode: return T.htmlEntityDecode(b)
+        case .jsDecode: return T.jsDecode(b)
+        case .cssDecode: return T.cssDecode(b)
+        case .utf8toUnicode: return T.utf8toUnicode(b)
+        case .removeNulls: return b.filter { $0 != 0 }
+        case .replaceNulls: return b.map { $0 == 0 ? 32 : $0 }
+        case .removeWhitespace: return b.filter { !isSpaceByte($0) && $0 != 0xa0 }
+        case .compressWhitespace: return T.compressWhitespace(b)
+        case .cmdLine: return T.cmdLine(b)
+        case .replaceComments: return T.replaceComments(b)
+        case .removeComments: return T.removeComments(b)
+        case .removeCommentsChar: return T.removeCommentsChar(b)
+        case .normalisePath, .normalizePath: return T.normalizePath(b, win: false)
+        case .normalisePathWin, .normalizePathWin: return T.normalizePath(b, win: true)
+        case .base64Decode: return T.base64Decode(b, ext: false)
+        case .base64DecodeExt: return T.base64Decode(b, ext: true)
+        case .base64Encode: return T.base64Encode(b)
+        case .hexEncode: return T.hexEncode(b)
+        case .hexDecode: return T.hexDecode(b)
+        case .sha1: return SHA1.hash(b)
+        case .length: return b.count.bytes
+        case .trim: return T.trimRight(T.trimLeft(b))
+        case .trimLeft: return T.trimLeft(b)
+        case .trimRight: return T.trimRight(b)
+        case .escapeSeqDecode: return T.escapeSeqDecode(b)
+        case .sqlHexDecode: return T.sqlHexDecode(b)
+        case .parityEven7bit, .parityOdd7bit, .parityZero7bit: return b.map { $0 & 0x7f }
+        }
+    }
+}
+
+enum T {
+    static func urlDecode(_ b: Bytes, uni: Bool) -> Bytes {
+        if !b.contains(where: { $0 == 37 || $0 == 43 }) { return b }
+        var out = Bytes(); out.reserveCapacity(b.count)
+        var i = 0
+        let n = b.count
+        while i < n {
+            let c = b[i]
+            if c == 37 {  // %
+                if uni, i + 5 < n, b[i + 1] | 0x20 == UInt8(ascii: "u"),
+                   let h1 = hexValue(b[i + 2]), let h2 = hexValue(b[i + 3]), let h3 = hexValue(b[i + 4]), let h4 = hexValue(b[i + 5]) {
+                    let code = Int(h1) << 12 | Int(h2) << 8 | Int(h3) << 4 | Int(h4)
+                    if code >= 0xff01 && code <= 0xff5e { out.append(UInt8(code - 0xfee0)) }
+                    else { out.append(h3 << 4 | h4) }
+                    i += 6; continue
+                }
+                if i + 2 < n, let h = hexValue(b[i + 1]), let l = hexValue(b[i + 2]) {
+                    out.append(h << 4 | l); i += 3; continue
+                }
+                out.append(c); i += 1
+            } else if c == 43 { out.append(32); i += 1 }
+            else { out.append(c); i += 1 }
+        }
+        return out
+    }
+
+    /// Decoding of `application/x-www-form-urlencoded` names and values (ARGS).
+    static func formDecode(_ b: ArraySlice<UInt8>) -> Bytes { urlDecode(Array(b), uni: false) }
+
+    /// Percent-decoding without '+' (REQUEST_URI, REQUEST_FILENAME).
+    static func uriDecode(_ b: Bytes) -> Bytes {
+        if !b.contains(37) { return b }
+        var out = Bytes(); out.reserveCapacity(b.count)
+        var i = 0
+        while i < b.count {
+            if b[i] == 37, i + 2 < b.count, let h = hexValue(b[i + 1]), let l = hexValue(b[i + 2]) {
+                out.append(h << 4 | l); i += 3
+            } else { out.append(b[i]); i += 1 }
+        }
+        return out
+    }
+
+    static func urlEncode(_ b: Bytes) -> Bytes {
+        var out = Bytes()
+        let hex = Array("0123456789abcdef".utf8)
+        for c in b {
+            if c == 32 { out.append(43) }
+            else if (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 42 || c == 45 || c == 46 || c == 95 { out.append(c) }
+            else { out += [37, hex[Int(c >> 4)], hex[Int(c & 15)]] }
+        }
+        return out
+    }
+
+    static func htmlEntityDecode(_ b: Bytes) -> Bytes {
+        if !b.contains(38) { return b }
+        var out = Bytes(); out.reserveCapacity(b.count)
+        var i = 0
+        let n = b.count
+        while i < n {
+            guard b[i] == 38, i + 1 < n else { out.append(b[i]); i += 1; continue }
+            if b[i + 1] == 35 {  // &#
+                var j = i + 2
+                var v = 0
+                var digits = 0
+                if j < n, b[j] | 0x20 == UInt8(ascii: "x") {
+                    j += 1
+                    while j < n, let h = hexValue(b[j]) { v = min(v * 16 + Int(h), 0x10ffff); j += 1; digits += 1 }
+                } else {
+                    while j < n, b[j] >= 48, b[j] <= 57 { v = min(v * 10 + Int(b[j] - 48), 0x10ffff); j += 1; digits += 1 }
+                }
+                if digits > 0 {
+                    out.append(UInt8(truncatingIfNeeded: v))
+                    if j < n, b[j] == 59 { j += 1 }
+                    i = j; continue
+                }
+                out.append(b[i]); i += 1; continue
+            }
+            var j = i + 1
+            while j < n, j - i <= 8, (b[j] >= 97 && b[j] <= 122) || (b[j] >= 65 && b[j] <= 90) { j += 1 }
+            let name = asciiLower(Array(b[(i + 1)..<j]))
+            let rep: UInt8?
+            switch String(latin1: name) {
+            case "quot": rep = 34
+            case "amp": rep = 38
+            case "lt": rep = 60
+            case "gt": rep = 62
+            case "nbsp": rep = 160
+            default: rep = nil
+            }
+            if let rep {
+                out.append(rep)
+                if j < n, b[j] == 59 { j += 1 }
+                i = j; continue
+            }
+            out.append(b[i]); i += 1
+        }
+        return out
+    }
+
+    static func jsDecode(_ b: Bytes) -> Bytes {
+        if !b.contains(92) { return b }
+        var out = Bytes(); out.reserveCapacity(b.count)
+        var i = 0
+        let n = b.count
+        while i < n {
+            let c = b[i]
+            guard c == 92, i + 1 < n else { out.append(c); i += 1; continue }
+            let d = b[i + 1]
+            if (d == 117 || d == 85), i + 5 < n, let h1 = hexValue(b[i + 2]), let h2 = hexValue(b[i + 3]), let h3 = hexValue(b[i + 4]), let h4 = hexValue(b[i + 5]) {
+                let code = Int(h1) << 12 | Int(h2) << 8 | Int(h3) << 4 | Int(h4)
+                if code >= 0xff01 && code <= 0xff5e { out.append(UInt8(code - 0xfee0)) } else { out.append(h3 << 4 | h4) }
+                i += 6; continue
+            }
+            if (d == 120 || d == 88), i + 3 < n, let h = hexValue(b[i + 2]), let l = hexValue(b[i + 3]) {
+                out.append(h << 4 | l); i += 4; continue
+            }
+            if d >= 48, d <= 55 {
+                var j = i + 1
+                var v = 0
+                while j < n, j - i <= 3, b[j] >= 48, b[j] <= 55 { v = v * 8 + Int(b[j] - 48); j += 1 }
+                if v > 255, j - i == 4 { v = v / 8; j -= 1 }   // only octal that fits a byte
+                out.append(UInt8(truncatingIfNeeded: v)); i = j; continue
+            }
+            switch d {
+            case 97: out.append(7)
+            case 98: out.append(8)
+            case 102: out.append(12)
+            case 110: out.append(10)
+            case 114: out.append(13)
+            case 116: out.append(9)
+            case 118: out.append(11)
+            default: out.append(d)
+            }
+            i += 2
+        }
+        return out
+    }
+
+    static func cssDecode(_ b: Bytes) -> Bytes {
+        if !b.contains(92) { return b }
+        var out = Bytes(); out.reserveCapacity(b.count)
+        var i = 0
+        let n = b.count
+        while i < n {
+            let c = b[i]
+            guard c == 92 else { out.append(c); i += 1; continue }
+            if i + 1 >= n { i += 1; continue }   // a lone trailing backslash is dropped
+            var j = i + 1
+            var digits: [UInt8] = []
+            while j < n, digits.count < 6, let h = hexValue(b[j]) { digits.append(h); j += 1 }
+            if !digits.isEmpty {
+                // Only the last byte matters (ModSecurity keeps the low byte); full-width ASCII folds.
+                var v = 0
+                for d in digits { v = v << 4 | Int(d) }
+                if digits.count > 2, v >= 0xff01, v <= 0xff5e { out.append(UInt8(v - 0xfee0)) }
+                else { out.append(UInt8(truncatingIfNeeded: v)) }
+                if j < n, isSpaceByte(b[j]) { j += 1 }
+                i = j; continue
+            }
+            if b[i + 1] == 10 { i += 2; continue }
+            out.append(b[i + 1]); i += 2
+        }
+        return out
+    }
+
+    static func utf8toUnicode(_ b: Bytes) -> Bytes {
+        if !b.contains(where: { $0 >= 0x80 }) { return b }
+        var out = Bytes(); out.reserveCapacity(b.count * 2)
+        let hex = Array("0123456789abcdef".utf8)
+        var i = 0
+        let n = b.count
+        func emit(_ v: Int) {
+            out += [37, 117]
+            let v16 = v & 0xffff
+            out += [hex[(v16 >> 12) & 15], hex[(v16 >> 8) & 15], hex[(v16 >> 4) & 15], hex[v16 & 15]]
+        }
+        while i < n {
+            let c = b[i]
+            if c < 0x80 { out.append(c); i += 1; continue }
+            var len = 0, v = 0
+            if c & 0xe0 == 0xc0 { len = 2; v = Int(c & 0x1f) }
+            else if c & 0xf0 == 0xe0 { len = 3; v = Int(c & 0x0f) }
+            else if c & 0xf8 == 0xf0 { len = 4; v = Int(c & 0x07) }
+            var ok = len > 0 && i + len <= n
+            if ok { for k in 1..<len where b[i + k] & 0xc0 != 0x80 { ok = false } }
+            if !ok { out.append(c); i += 1; continue }
+            for k in 1..<len { v = v << 6 | Int(b[i + k] & 0x3f) }
+            emit(v)
+            i += len
+        }
+        return out
+    }
+
+    static func compressWhitespace(_ b: Bytes) -> Bytes {
+        var out = Bytes(); out.reserveCapacity(b.count)
+        var inSpace = false
+        for c in b {
+            if isSpaceByte(c) || c == 0xa0 {
+                if !inSpace { out.append(32); inSpace = true }
+            } else { out.append(c); inSpace = false }
+        }
+        return out
+    }
+
+    static func cmdLine(_ b: Bytes) -> Bytes {
+        var out = Bytes(); out.reserveCapacity(b.count)
+        var space = false
+        for c in b {
+            switch c {
+            case 34, 39, 92, 94: continue   // " ' \ ^
+            case 32, 44, 59, 9, 10, 11, 12, 13:   // space , ; and whitespace
+                if !space { out.append(32); space = true }
+            case 47, 40:   // / ( : remove a space before them
+                if space, out.last == 32 { out.removeLast() }
+                space = false
+                out.append(c)
+            default:
+                out.append(lowerByte(c)); space = false
+            }
+        }
+        return out
+    }
+
+    static func replaceComments(_ b: Bytes) -> Bytes {
+        var out = Bytes(); out.reserveCapacity(b.count)
+        var i = 0
+        let n = b.count
+        var inComment = false
+        while i < n {
+            if !inComment {
+                if b[i] == 47, i + 1 < n, b[i + 1] == 42 { inComment = true; i += 2 }
+                else { out.append(b[i]); i += 1 }
+            } else {
+                if b[i] == 42, i + 1 < n, b[i + 1] == 47 { inComment = false; out.append(32); i += 2 }
+                else { i += 1 }
+            }
+        }
+        if inComment { out.append(32) }
+        return out
+    }
+
+    static func removeComments(_ b: Bytes) -> Bytes {
+        var out = Bytes(); out.reserveCapacity(b.count)
+        var i = 0
+        let n = b.count
+        var inC = false
+        while i < n {
+            if !inC {
+                if b[i] == 47, i + 1 < n, b[i + 1] == 42 { inC = true; i += 2 }
+                else if b[i] == 60, i + 3 < n, b[i + 1] == 33, b[i + 2] == 45, b[i + 3] == 45 { inC = true; i += 4 }
+                else if b[i] == 45, i + 1 < n, b[i + 1] == 45 { break }
+                else if b[i] == 35 { break }
+                else { out.append(b[i]); i += 1 }
+            } else {
+                if b[i] == 42, i + 1 < n, b[i + 1] == 47 { inC = false; i += 2 }
+                else if b[i] == 45, i + 2 < n, b[i + 1] == 45, b[i + 2] == 62 { inC = false; i += 3 }
+                else { i += 1 }
+            }
+        }
+        return out
+    }
+
+    static func removeCommentsChar(_ b: Bytes) -> Bytes {
+        var out = Bytes(); out.reserveCapacity(b.count)
+        var i = 0
+        let n = b.count
+        while i < n {
+            if b[i] == 47, i + 1 < n, b[i + 1] == 42 { i += 2 }
+            else if b[i] == 42, i + 1 < n, b[i + 1] == 47 { i += 2 }
+            else if b[i] == 60, i + 3 < n, b[i + 1] == 33, b[i + 2] == 45, b[i + 3] == 45 { i += 4 }
+            else if b[i] == 45, i + 2 < n, b[i + 1] == 45, b[i + 2] == 62 { i += 3 }
+            else if b[i] == 45, i + 1 < n, b[i + 1] == 45 { i += 2 }
+            else if b[i] == 35 { i += 1 }
+            else { out.append(b[i]); i += 1 }
+        }
+        return out
+    }
+
+    static func normalizePath(_ input: Bytes, win: Bool) -> Bytes {
+        var b = win ? input.map { $0 == 92 ? 47 : $0 } : input
+        if b.isEmpty { return b }
+        let absolute = b.first == 47
+        let trailing = b.last == 47 || (b.count >= 2 && b.suffix(2) == [47, 46]) || (b.count >= 3 && b.suffix(3) == [47, 46, 46])
+        var segs: [ArraySlice<UInt8>] = []
+        for s in b.split(separator: 47, omittingEmptySubsequences: true) {
+            if s == [46] { continue }
+            if s == [46, 46] {
+                if let last = segs.last, last != [46, 46] { segs.removeLast() }
+                else if !absolute { segs.append(s) }
+                continue
+            }
+            segs.append(s)
+        }
+        b = absolute ? [47] : []
+        for (k, s) in segs.enumerated() {
+            if k > 0 { b.append(47) }
+            b += s
+        }
+        if trailing, b.last != 47, !segs.isEmpty { b.append(47) }
+        return b
+    }
+
+    static let b64: [Int8] = {
+        var t = [Int8](repeating: -1, count: 256)
+        for (i, c) in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8.enumerated() { t[Int(c)] = Int8(i) }
+        return t
+    }()
+
+    static func base64Decode(_ b: Bytes, ext: Bool) -> Bytes {
+        var out = Bytes(); out.reserveCapacity(b.count * 3 / 4)
+        var acc: UInt32 = 0, bits = 0
+        for c in b {
+            if c == 61 { break }   // '='
+            let v = b64[Int(c)]
+            if v < 0 { if ext { continue } else { break } }
+            acc = acc << 6 | UInt32(v); bits += 6
+            if bits >= 8 { bits -= 8; out.append(UInt8(truncatingIfNeeded: acc >> UInt32(bits))) }
+        }
+        return out
+    }
+
+    static func base64Encode(_ b: Bytes) -> Bytes {
+        let t = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+        var out = Bytes()
+        var i = 0
+        while i < b.count {
+            let a = UInt32(b[i]), c1 = i + 1 < b.count ? UInt32(b[i + 1]) : 0, c2 = i + 2 < b.count ? UInt32(b[i + 2]) : 0
+            let v = a << 16 | c1 << 8 | c2
+            out.append(t[Int(v >> 18 & 63)]); out.append(t[Int(v >> 12 & 63)])
+            out.append(i + 1 < b.count ? t[Int(v >> 6 & 63)] : 61)
+            out.append(i + 2 < b.count ? t[Int(v & 63)] : 61)
+            i += 3
+        }
+        return out
+    }
+
+    static func hexEncode(_ b: Bytes) -> Bytes {
+        let hex = Array("0123456789abcdef".utf8)
+        var out = Bytes(); out.reserveCapacity(b.count * 2)
+        for c in b { out.append(hex[Int(c >> 4)]); out.append(hex[Int(c & 15)]) }
+        return out
+    }
+
+    static func hexDecode(_ b: Bytes) -> Bytes {
+        var out = Bytes()
+        var i = 0
+        while i + 1 < b.count {
+            if let h = hexValue(b[i]), let l = hexValue(b[i + 1]) { out.append(h << 4 | l) }
+            i += 2
+        }
+        return out
+    }
+
+    static func trimLeft(_ b: Bytes) -> Bytes { Array(b.drop { isSpaceByte($0) }) }
+    static func trimRight(_ b: Bytes) -> Bytes {
+        var e = b.count
+        while e > 0, isSpaceByte(b[e - 1]) { e -= 1 }
+        return Array(b[..<e])
+    }
+
+    static func escapeSeqDecode(_ b: Bytes) -> Bytes {
+        // The C escapes of jsDecode (without \u) are what ModSecurity decodes here.
+        jsDecode(b)
+    }
+
+    static func sqlHexDecode(_ b: Bytes) -> Bytes {
+        var out = Bytes()
+        var i = 0
+        while i < b.count {
+            if b[i] == 48, i + 3 < b.count, b[i + 1] | 0x20 == 120, isHex(b[i + 2]), isHex(b[i + 3]) {
+                var j = i + 2
+                while j + 1 < b.count, let h = hexValue(b[j]), let l = hexValue(b[j + 1]) { out.append(h << 4 | l); j += 2 }
+                i = j
+            } else { out.append(b[i]); i += 1 }
+        }
+        return out
+    }
+}
+
+/// SHA-1 (t:sha1; CRS hashes the User-Agent for the IP collection key).
+enum SHA1 {
+    static func hash(_ message: Bytes) -> Bytes {
+        var h: [UInt32] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0]
+        var m = message
+        let ml = UInt64(message.count) &* 8
+        m.append(0x80)
+        while m.count % 64 != 56 { m.append(0) }
+        for i in (0..<8).reversed() { m.append(UInt8(truncatingIfNeeded: ml >> (UInt64(i) * 8))) }
+        var w = [UInt32](repeating: 0, count: 80)
+        for chunk in stride(from: 0, to: m.count, by: 64) {
+            for i in 0..<16 {
+                w[i] = UInt32(m[chunk + 4 * i]) << 24 | UInt32(m[chunk + 4 * i + 1]) << 16 | UInt32(m[chunk + 4 * i + 2]) << 8 | UInt32(m[chunk + 4 * i + 3])
+            }
+            for i in 16..<80 { let x = w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]; w[i] = x << 1 | x >> 31 }
+            var a = h[0], b = h[1], c = h[2], d = h[3], e = h[4]
+            for i in 0..<80 {
+                let f: UInt32, k: UInt32
+                switch i {
+                case 0..<20: f = (b & c) | (~b & d); k = 0x5A827999
+                case 20..<40: f = b ^ c ^ d; k = 0x6ED9EBA1
+                case 40..<60: f = (b & c) | (b & d) | (c & d); k = 0x8F1BBCDC
+                default: f = b ^ c ^ d; k = 0xCA62C1D6
+                }
+                let t = (a << 5 | a >> 27) &+ f &+ e &+ k &+ w[i]
+                e = d; d = c; c = b << 30 | b >> 2; b = a; a = t
+            }
+            h[0] = h[0] &+ a; h[1] = h[1] &+ b; h[2] = h[2] &+ c; h[3] = h[3] &+ d; h[4] = h[4] &+ e
+        }
+        var out = Bytes()
+        for v in h { out += [UInt8(v >> 24), UInt8(truncatingIfNeeded: v >> 16), UInt8(truncatingIfNeeded: v >> 8), UInt8(truncatingIfNeeded: v)] }
+        return out
+    }
+}
+
