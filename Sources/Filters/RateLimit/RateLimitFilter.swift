@@ -248,18 +248,15 @@ final class RateLimitFilter: HTTPFilter {
 
     /// Envoy's draft-03 `x-ratelimit-*` and/or the IETF draft's structured fields.
     static func addHeaders(_ s: LimitStatus, style: HeaderStyle, to h: inout HTTPHeaders) {
-        let limit = s.limit.requestsPerUnit
-        let window = s.limit.unit.seconds
-        let reset = seconds(ceil: s.resetNanos)
+        let reset = String(seconds(ceil: s.resetNanos))
         if style == .draft03 || style == .both {
-            h.set("x-ratelimit-limit", "\(limit), \(limit);w=\(window)")
+            h.set("x-ratelimit-limit", s.limit.limitHeader)
             h.set("x-ratelimit-remaining", String(s.remaining))
-            h.set("x-ratelimit-reset", String(reset))
+            h.set("x-ratelimit-reset", reset)
         }
         if style == .ietf || style == .both {
-            let name = sfString(s.limit.policyName)
-            h.set("ratelimit-policy", "\(name);q=\(limit);w=\(window)")
-            h.set("ratelimit", "\(name);r=\(s.remaining);t=\(reset)")
+            h.set("ratelimit-policy", s.limit.policyHeader)
+            h.set("ratelimit", "\(s.limit.quotedPolicyName);r=\(s.remaining);t=\(reset)")
         }
     }
 

@@ -77,10 +77,18 @@ final class RuleLimit: Sendable {
         for p in path { h.combine(p.key); h.combine(p.value ?? "\u{0}*") }
         h.combine(requestsPerUnit); h.combine(unit.seconds); h.combine(burst); h.combine(scope.rawValue)
         fingerprint = h.finalize()
+        let window = unit.seconds
+        limitHeader = "\(requestsPerUnit), \(requestsPerUnit);w=\(window)"
+        quotedPolicyName = RateLimitFilter.sfString(name ?? descriptorLabel)
+        policyHeader = "\(quotedPolicyName);q=\(requestsPerUnit);w=\(window)"
     }
 
     /// The policy name for `RateLimit-Policy` / `RateLimit` (IETF draft).
     var policyName: String { name ?? descriptorLabel }
+    /// Header values that do not change per request, formatted once.
+    let limitHeader: String
+    let policyHeader: String
+    let quotedPolicyName: String
 }
 
 final class DescriptorNode: Sendable {
