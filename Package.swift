@@ -40,6 +40,10 @@ let package = Package(
         .target(name: "CInjection", linkerSettings: [.linkedLibrary("dl")]),
         // SecLang engine (ModSecurity rule language, OWASP CRS): pure, no sockets.
         .target(name: "WAF", dependencies: ["OutriderCore", "CPCRE2", "CInjection"]),
+        // libnghttp2 behind one door: only HTTP2 imports it.
+        .systemLibrary(name: "CNghttp2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
+        // HTTP/2 server codec on nghttp2: a session fed bytes that returns events and output.
+        .target(name: "HTTP2", dependencies: ["CNghttp2", "OutriderCore"], swiftSettings: hotPath),
         // Listeners, connections, upstream pool, the proxy stream, admin server.
         .target(name: "Proxy", dependencies: ["CLinux", "OutriderCore", "EventLoop", "HTTP1", "Config", "Telemetry", "Filters"], swiftSettings: hotPath),
         // CLI, wiring, signals, reload, drain.
@@ -50,6 +54,7 @@ let package = Package(
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]
         ),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "OutriderCore"]),
+        .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "OutriderCore"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "OutriderCore"]),
         .testTarget(name: "FiltersTests", dependencies: ["Filters", "Config", "Telemetry", "OutriderCore", "EventLoop"]),
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "OutriderCore", "CLinux"]),
