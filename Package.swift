@@ -26,6 +26,10 @@ let package = Package(
         .target(name: "EventLoop", dependencies: ["CLinux", "OutriderCore"], swiftSettings: hotPath),
         // HTTP/1.1 codec as pure state machines.
         .target(name: "HTTP1", dependencies: ["OutriderCore"], swiftSettings: hotPath),
+        // OpenSSL (libssl, libcrypto) behind one door: a module map and shims for macros.
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        // TLS over memory BIOs (never owns the socket): contexts, handshakes, ALPN, SNI, peer identity, XFCC.
+        .target(name: "TLS", dependencies: ["COpenSSL", "OutriderCore"], swiftSettings: hotPath),
         // outrider.yaml schema, validation with file:line errors.
         .target(name: "Config", dependencies: ["CLinux", "OutriderCore", .product(name: "Yams", package: "Yams")]),
         // Metrics registry (and later spans, propagation, the OTLP exporter).
@@ -54,6 +58,7 @@ let package = Package(
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]
         ),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "OutriderCore"]),
+        .testTarget(name: "TLSTests", dependencies: ["TLS", "OutriderCore"]),
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "OutriderCore"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "OutriderCore"]),
         .testTarget(name: "FiltersTests", dependencies: ["Filters", "Config", "Telemetry", "OutriderCore", "EventLoop"]),
