@@ -422,6 +422,11 @@ TARGETS: list[Target] = [
     Target("haproxy", start_haproxy, note="nbthread 1, http-reuse always"),
     Target("outrider", start_outrider, note="1 worker, no filters, access log off", primary=True),
     Target("outrider+log", start_outrider, note="access log to a file", access_log="file"),
+    Target("outrider+ratelimit", start_outrider, note="local limit that never triggers", filters="""
+  - name: ratelimit
+    mode: enforce
+    rules: {repo}/filters/ratelimit/examples/never-triggers.yaml
+"""),
     Target("outrider+tracing", start_outrider, collector=True,
            note="tracing filter, sampling 100%, exporting to a real collector (rotel)", filters="""
   - name: tracing
@@ -707,6 +712,10 @@ def report(rows: list[Row]) -> tuple[str, dict, bool]:
                        prim.rss_idle_kib is not None and prim.rss_idle_kib < 12 * 1024))
         checks.append((f"RSS with {IDLE_CONNS} connections < 40 MB ({fmt_kib(prim.rss_conns_kib)})",
                        prim.rss_conns_kib is not None and prim.rss_conns_kib < 40 * 1024))
+        rl = by.get("outrider+ratelimit")
+        if rl and rl.rps:
+            checks.append((f"ratelimit ≥ 95% of no-filter throughput ({rl.rps / prim.rps:.2f}×)",
+                           rl.rps >= 0.95 * prim.rps))
         tr = by.get("outrider+tracing")
         if tr and tr.rps:
             checks.append((f"tracing ≥ 90% of no-filter throughput ({tr.rps / prim.rps:.2f}×)",
