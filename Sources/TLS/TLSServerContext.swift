@@ -22,6 +22,9 @@ public final class TLSServerContext: @unchecked Sendable {
     public let certificateNotAfter: UInt64
     /// Expiry of each SNI certificate, by configured server name.
     public let sniCertificateNotAfter: [String: UInt64]
+    /// Our own default leaf certificate; its single URI SAN is XFCC's `By`
+    /// (`leafCertificate?.spiffeID ?? leafCertificate?.uriSANs.first`).
+    public let leafCertificate: PeerCertificateInfo?
 
     public init(_ config: TLSServerConfig) throws(TLSConfigError) {
         if config.clientCert != .none && (config.clientCAPath ?? "").isEmpty {
@@ -47,6 +50,7 @@ public final class TLSServerContext: @unchecked Sendable {
             self.callbacks = ServerCallbacks(alpnWire: alpn, sni: table)
             self.config = config
             self.certificateNotAfter = Self.leafNotAfter(main)
+            self.leafCertificate = SSL_CTX_get0_certificate(main).map { X509Reader.info($0) }
             self.sniCertificateNotAfter = expiries
         } catch {
             for c in made { SSL_CTX_free(c) }

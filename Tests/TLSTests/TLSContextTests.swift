@@ -55,6 +55,31 @@ import Foundation
         #expect(context.certificateNotAfter < now + 366 * 86_400)
     }
 
+    @Test func leafCertificateGivesOurIdentity() throws {
+        let context = try TLSServerContext(TLSServerConfig(certChainPath: f.path("server.crt"), keyPath: f.path("server.key")))
+        #expect(context.leafCertificate?.dnsSANs == ["localhost"])
+        #expect(context.leafCertificate?.subject == "CN=localhost")
+    }
+
+    @Test func sniTableMatchesExactThenOneLabelWildcard() throws {
+        let exact = try #require(OpaquePointer(bitPattern: 0x10))
+        let wild = try #require(OpaquePointer(bitPattern: 0x20))
+        let table = ServerCallbacks(alpnWire: [], sni: [("api.example.com", exact), ("*.example.com", wild)])
+        #expect(table.context(forServerName: "API.example.com") == exact)
+        #expect(table.context(forServerName: "www.example.com") == wild)
+        #expect(table.context(forServerName: "a.b.example.com") == nil)
+        #expect(table.context(forServerName: "example.com") == nil)
+        #expect(table.context(forServerName: "") == nil)
+    }
+
+    @Test func alpnSelectionIsBoundsChecked() {
+        let table = ServerCallbacks(alpnWire: [2, 0x68, 0x32], sni: [])
+        for offered: [UInt8] in [[], [0], [5, 0x68], [2, 0x68], [255] + [UInt8](repeating: 0x61, count: 10), [2, 0x68, 0x32]] {
+            let r = offered.withUnsafeBufferPointer { table.selectALPN(offered: $0) }
+            if offered == [2, 0x68, 0x32] { #expect(r?.offset == 1 && r?.length == 2) } else { #expect(r == nil) }
+        }
+    }
+
     @Test func invalidALPNNameIsRejected() {
         let config = TLSServerConfig(certChainPath: f.path("server.crt"), keyPath: f.path("server.key"), alpn: ["h2", ""])
         #expect(throws: TLSConfigError.self) { _ = try TLSServerContext(config) }
