@@ -35,11 +35,20 @@ public struct LoadedConfig: Sendable {
         case let .file(p): accessLog = p
         }
         let listeners = c.listeners.map { li in
-            JSONWriter.object([
+            var pairs: [(String, String)] = [
                 ("name", JSONWriter.quote(li.name)),
                 ("address", JSONWriter.quote(li.address.description)),
                 ("upstream", JSONWriter.quote(li.upstream.description)),
-            ])
+            ]
+            if let t = li.tls {
+                pairs.append(("tls", JSONWriter.object([
+                    ("cert", JSONWriter.quote(t.cert)), ("key", JSONWriter.quote(t.key)),
+                    ("client_ca", t.clientCA.map(JSONWriter.quote) ?? "null"),
+                    ("client_cert", JSONWriter.quote(t.clientCert.rawValue)),
+                    ("min_version", JSONWriter.quote(t.minVersion)),
+                ])))
+            }
+            return JSONWriter.object(pairs)
         }
         let filters = c.filters.map { f in
             var pairs: [(String, String)] = [("name", JSONWriter.quote(f.name)), ("mode", JSONWriter.quote(f.mode.rawValue))]

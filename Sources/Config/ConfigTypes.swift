@@ -98,15 +98,43 @@ public struct ListenerConfig: Sendable, Equatable {
     public var name: String
     public var address: SocketAddressSpec
     public var upstream: SocketAddressSpec
+    /// TLS termination on this listener; nil = plaintext.
+    public var tls: ListenerTLSConfig?
     /// Line of the listener's entry in the config file (0 when built in code).
     public var line: Int
 
-    public init(name: String, address: SocketAddressSpec, upstream: SocketAddressSpec, line: Int = 0) {
+    public init(name: String, address: SocketAddressSpec, upstream: SocketAddressSpec, tls: ListenerTLSConfig? = nil, line: Int = 0) {
         self.name = name
         self.address = address
         self.upstream = upstream
+        self.tls = tls
         self.line = line
     }
+}
+
+/// A listener's `tls:` block. Paths are resolved against the config file's directory.
+/// ```yaml
+/// tls:
+///   cert: /etc/outrider/tls/tls.crt
+///   key: /etc/outrider/tls/tls.key
+///   client_ca: /etc/outrider/tls/ca.crt
+///   client_cert: require        # require | optional | none
+///   min_version: "1.2"          # "1.2" | "1.3"
+/// ```
+public struct ListenerTLSConfig: Sendable, Equatable {
+    public enum ClientCert: String, Sendable { case require, optional, none }
+    public var cert: String
+    public var key: String
+    public var clientCA: String?
+    public var clientCert: ClientCert
+    public var minVersion: String
+    /// Line of the `tls:` key, for errors about the files it names.
+    public var line: Int
+    public init(cert: String, key: String, clientCA: String? = nil, clientCert: ClientCert = .none, minVersion: String = "1.2", line: Int = 0) {
+        self.cert = cert; self.key = key; self.clientCA = clientCA; self.clientCert = clientCert; self.minVersion = minVersion; self.line = line
+    }
+    /// Every file this block names (watched for rotation).
+    public var files: [String] { [cert, key] + (clientCA.map { [$0] } ?? []) }
 }
 
 public enum AccessLogTarget: Sendable, Equatable {

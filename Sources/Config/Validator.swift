@@ -11,6 +11,13 @@ struct Validator {
 
     init(file: String) { self.file = file }
 
+    /// The config file's directory with a trailing slash ("" for a bare file name), against
+    /// which relative paths in the config are resolved.
+    var configDirectory: String {
+        guard let slash = file.lastIndex(of: "/") else { return "" }
+        return String(file[...slash])
+    }
+
     // MARK: Reporting
 
     mutating func error(_ line: Int, _ column: Int = 0, _ message: String) {
@@ -125,7 +132,7 @@ struct Validator {
                 error(at: item, "listener #\(index + 1) must be a map with name, address and upstream, not \(item.kindDescription)")
                 continue
             }
-            let fs = fields(of: item, known: ["name", "address", "upstream"], context: "in listener")
+            let fs = fields(of: item, known: ["name", "address", "upstream", "tls"], context: "in listener")
             var label = "listener #\(index + 1)"
             var name: String?
             if let n = fs["name"] {
@@ -145,6 +152,8 @@ struct Validator {
             var upstream: SocketAddressSpec?
             if let a = fs["address"] { address = self.address(a, what: "\(label): address") }
             if let u = fs["upstream"] { upstream = self.address(u, what: "\(label): upstream") }
+            var tls: ListenerTLSConfig?
+            if let t = fs["tls"] { tls = self.tls(t, label: label) }
             for required in ["name", "address", "upstream"] where fs[required] == nil {
                 error(item.line, item.column, "\(label): missing required key '\(required)'")
             }
@@ -153,7 +162,7 @@ struct Validator {
                     error(fs["upstream"]?.line ?? item.line, 0,
                           "\(label): upstream \(upstream) is the listener's own address (requests would loop)")
                 }
-                result.append(ListenerConfig(name: name, address: address, upstream: upstream, line: item.line))
+                result.append(ListenerConfig(name: name, address: address, upstream: upstream, tls: tls, line: item.line))
             }
         }
         // Addresses are checked after the whole list is read so each pair is reported once.
@@ -165,6 +174,41 @@ struct Validator {
             }
         }
         return result
+    }
+
+    /// A listener's `tls:` block; file paths relative to the config file's directory.
+    private mutating func tls(_ f: Field, label: String) -> ListenerTLSConfig? {
+        guard f.node.mapEntries != nil else {
+            error(f.line, f.column, "\(label): tls must be a map with cert and key, not \(f.node.kindDescription)")
+            return nil
+        }
+        let fs = fields(of: f.node, known: ["cert", "key", "client_ca", "client_cert", "min_version"], context: "in tls")
+        func path(_ key: String) -> String? {
+            guard let v = fs[key] else { return nil }
+            guard let s = v.node.stringValue, !s.isEmpty else {
+                error(v.line, v.column, "\(label): tls.\(key) must be a file path")
+                return nil
+            }
+            return s.hasPrefix("/") ? s : configDirectory + s
+        }
+        let cert = path("cert"), key = path("key"), ca = path("client_ca")
+        for required in ["cert", "key"] where fs[required] == nil {
+            error(f.line, f.column, "\(label): tls: missing required key '\(required)'")
+        }
+        var policy: ListenerTLSConfig.ClientCert = ca == nil ? .none : .require
+        if let p = fs["client_cert"] {
+            if let s = p.node.stringValue, let v = ListenerTLSConfig.ClientCert(rawValue: s) { policy = v }
+            else { error(p.line, p.column, "\(label): tls.client_cert must be require, optional or none, got \(show(p.node))") }
+            if policy != .none && ca == nil { error(p.line, p.column, "\(label): tls.client_cert: \(policy.rawValue) needs client_ca (the CA bundle that verifies client certificates)") }
+        }
+        var minVersion = "1.2"
+        if let m = fs["min_version"] {
+            let text: String? = m.node.stringValue ?? m.node.doubleValue.map { String($0) }
+            if let t = text, t == "1.2" || t == "1.3" { minVersion = t }
+            else { error(m.line, m.column, "\(label): tls.min_version must be \"1.2\" or \"1.3\", got \(show(m.node))") }
+        }
+        guard let cert, let key else { return nil }
+        return ListenerTLSConfig(cert: cert, key: key, clientCA: ca, clientCert: policy, minVersion: minVersion, line: f.line)
     }
 
     private mutating func timeouts(_ map: ConfigNode) -> Timeouts {

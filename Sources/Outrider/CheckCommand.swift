@@ -1,12 +1,14 @@
 import Config
 import Filters
 import Foundation
+import Proxy
+import Telemetry
 
 /// `outrider check`: validates the config and every rule file it names.
 enum CheckCommand {
     static func run(_ args: Arguments) -> Int32 {
         guard let path = args.configPath else { return 2 }
-        switch ConfigValidation.load(path: path, args: args) {
+        switch ConfigValidation.load(path: path, args: args, buildSnapshot: true) {
         case .success:
             print("OK")
             return 0
@@ -20,7 +22,9 @@ enum CheckCommand {
 /// Loading shared by `check`, start-up and reloads: the file, the environment, the command
 /// line, then every filter's own validation.
 enum ConfigValidation {
-    static func load(path: String, args: Arguments) -> Result<LoadedConfig, ConfigErrors> {
+    /// `buildSnapshot`: also load certificates and resolve addresses, as start-up and reloads do
+    /// when they build the snapshot (so `check` reports those errors too).
+    static func load(path: String, args: Arguments, buildSnapshot: Bool = false) -> Result<LoadedConfig, ConfigErrors> {
         var loaded: LoadedConfig
         let environment = ProcessInfo.processInfo.environment
         do {
@@ -33,6 +37,13 @@ enum ConfigValidation {
         if let l = args.logLevel, let level = LogLevel(rawValue: l) { loaded.config.logLevel = level }
         let filterErrors = FilterRegistry.validate(loaded.config.filters, environment: environment)
         if !filterErrors.isEmpty { return .failure(ConfigErrors(filterErrors)) }
+        // Certificates, keys and addresses: build the data-path snapshot once, without filters.
+        if buildSnapshot { do {
+            let registry = MetricsRegistry()
+            _ = try ConfigSnapshot(version: 0, loaded: loaded, chain: FilterChain.empty(metrics: registry), metrics: ProxyMetrics(registry: registry))
+        } catch {
+            return .failure(error)
+        } }
         return .success(loaded)
     }
 }

@@ -109,6 +109,12 @@ final class Controller: Sendable {
             Double(shared.state.rawValue)
         }
         registry.gaugeFunction("outrider_workers", help: "Worker event loops.") { [server] in Double(server.workerCount) }
+        for l in initial.config.listeners where l.tls != nil {
+            let name = l.name
+            registry.gaugeFunction("outrider_tls_certificate_expiry_timestamp_seconds", help: "notAfter of the certificate a TLS listener serves (Unix seconds).", labels: ["listener": name]) {
+                Double(shared.store.load().listeners[name]?.tlsCertificateNotAfter ?? 0)
+            }
+        }
     }
 
     // MARK: signals and file watch
@@ -124,9 +130,17 @@ final class Controller: Sendable {
             src.resume()
             sources.append(src)
         }
-        let files = state.withLock { [path] + FilterRegistry.watchedFiles($0.current.config.filters) }
+        let files = state.withLock { Controller.watchedFiles(path, $0.current.config) }
         watch(files)
         retainedSources = sources
+    }
+
+    /// The config, every rule file its filters name, and TLS certificates, keys and CA bundles
+    /// (rotation: a changed certificate reloads like a changed config).
+    static func watchedFiles(_ path: String, _ c: OutriderConfig) -> [String] {
+        var files = [path] + FilterRegistry.watchedFiles(c.filters)
+        for l in c.listeners { for f in l.tls?.files ?? [] where !files.contains(f) { files.append(f) } }
+        return files
     }
 
     /// Watches the config and every rule file it names. Called again when a reload changes
@@ -174,7 +188,7 @@ final class Controller: Sendable {
                         s.lastReloadError = nil
                     }
                     RunCommand.applyLogLevel(loaded.config.logLevel)
-                    watch([path] + FilterRegistry.watchedFiles(loaded.config.filters))
+                    watch(Controller.watchedFiles(path, loaded.config))
                     reloadsOK.increment(shard: Controller.controlShard)
                     Diagnostics.log(.info, "config reloaded (\(reason)): version \(version), sha256 \(loaded.sha256.prefix(12))")
                 } catch {

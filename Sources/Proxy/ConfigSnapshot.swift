@@ -4,6 +4,7 @@ import EventLoop
 import HTTP1
 import OutriderCore
 import Synchronization
+import TLS
 
 /// One listener as the data path needs it: resolved addresses and metric handles.
 public final class ListenerRuntime: Sendable {
@@ -13,13 +14,35 @@ public final class ListenerRuntime: Sendable {
     /// The pool key for `upstream`, computed once instead of per request.
     let upstreamKey: String
     let stats: ListenerStats
+    /// TLS termination: certificates and verification for new connections (nil: plaintext).
+    /// A reload builds a new context from the files; connections keep the one they began with.
+    let tls: TLSServerContext?
+    /// notAfter of the served certificate (Unix seconds), 0 without TLS.
+    public var tlsCertificateNotAfter: UInt64 { tls?.certificateNotAfter ?? 0 }
 
-    init(_ c: ListenerConfig, metrics: ProxyMetrics) throws(SystemError) {
+    init(_ c: ListenerConfig, metrics: ProxyMetrics, file: String) throws(ConfigErrors) {
         name = c.name
         address = c.address
-        upstream = try ResolvedAddress(c.upstream)
+        do {
+            upstream = try ResolvedAddress(c.upstream)
+        } catch {
+            throw ConfigErrors([ConfigDiagnostic(file: file, line: c.line, message: "listener '\(c.name)': upstream \(c.upstream): \(error)")])
+        }
         upstreamKey = c.upstream.description
         stats = metrics.listenerStats(c.name)
+        if let t = c.tls {
+            let policy: ClientCertPolicy = t.clientCert == .require ? .require : (t.clientCert == .optional ? .optional : .none)
+            // HTTP/1.1 only over TLS until HTTP/2 is wired: advertising h2 would break clients.
+            let config = TLSServerConfig(certChainPath: t.cert, keyPath: t.key, clientCAPath: t.clientCA, clientCert: policy,
+                                         minVersion: t.minVersion == "1.3" ? .tls13 : .tls12, alpn: ["http/1.1"])
+            do {
+                tls = try TLSServerContext(config)
+            } catch {
+                throw ConfigErrors([ConfigDiagnostic(file: file, line: t.line, message: "listener '\(c.name)': tls: \(error.message)")])
+            }
+        } else {
+            tls = nil
+        }
     }
 }
 
@@ -34,12 +57,12 @@ public final class ConfigSnapshot: Sendable {
     public let chain: FilterChain
     public var config: OutriderConfig { loaded.config }
 
-    public init(version: Int, loaded: LoadedConfig, chain: FilterChain, metrics: ProxyMetrics) throws(SystemError) {
+    public init(version: Int, loaded: LoadedConfig, chain: FilterChain, metrics: ProxyMetrics) throws(ConfigErrors) {
         self.version = version
         self.loaded = loaded
         self.chain = chain
         var map: [String: ListenerRuntime] = [:]
-        for l in loaded.config.listeners { map[l.name] = try ListenerRuntime(l, metrics: metrics) }
+        for l in loaded.config.listeners { map[l.name] = try ListenerRuntime(l, metrics: metrics, file: loaded.path) }
         listeners = map
         var limits = HTTP1Limits()
         // The read scratch buffer must hold a whole head, so the head limit is capped below it.

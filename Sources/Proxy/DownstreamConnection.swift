@@ -4,6 +4,7 @@ import Glibc
 import EventLoop
 import HTTP1
 import OutriderCore
+import TLS
 
 /// One client connection speaking HTTP/1.x. It parses requests one at a time and hands each
 /// to an `Exchange`, which talks to the upstream. Pipelined requests wait, unparsed, in
@@ -30,6 +31,14 @@ final class DownstreamConnection: EventHandler {
     private var listenerVersion: Int
 
     private(set) var state: State = .http
+    /// TLS on this connection (nil: plaintext). Ciphertext never enters `pending` or `out`:
+    /// `pending` and `out` hold plaintext, `cipherOut` what waits for the socket.
+    var tls: TLSConnection?
+    private var cipherOut = ByteBuffer()
+    /// The client's verified certificate, after a TLS handshake that had one.
+    private(set) var peerCertificate: PeerCertificateInfo?
+    /// "https" over TLS.
+    var scheme: String { tls == nil ? "http" : "https" }
     private var parser: HTTP1RequestParser
     private var pending: [UInt8] = []
     var out = ByteBuffer()
@@ -90,6 +99,7 @@ final class DownstreamConnection: EventHandler {
     /// Reads while there is input and nothing holds us back. Bounded per call for fairness:
     /// the rest continues in a deferred callback.
     func readLoop() {
+        if let tls { readTLSLoop(tls); return }
         var rounds = 0
         while readable && !readPaused && state != .closed {
             if awaitingResponse && pending.count >= 64 * 1024 { return }   // enough pipelined input buffered
@@ -121,6 +131,92 @@ final class DownstreamConnection: EventHandler {
                 processBatch(bytes)
             }
         }
+    }
+
+    /// Reads ciphertext, decrypts it, and processes the plaintext like a plaintext connection.
+    private func readTLSLoop(_ tls: TLSConnection) {
+        var rounds = 0
+        while readable && !readPaused && state != .closed {
+            if awaitingResponse && pending.count >= 64 * 1024 { return }
+            rounds += 1
+            if rounds > 16 {
+                worker.loop.deferWork { [self] in readLoop() }
+                return
+            }
+            let r: IOResult<Int>
+            do { r = try Socket.read(fd, into: worker.scratch) } catch {
+                abort(flags: "DC", details: "downstream_reset")
+                return
+            }
+            switch r {
+            case .wouldBlock:
+                readable = false
+            case .done(0):
+                readable = false
+                peerClosed = true
+                onPeerClosed()
+                return
+            case .done(let n):
+                bytesReceivedTotal &+= UInt64(n)
+                listener.stats.bytesReceived.add(UInt64(n), shard: worker.index)
+                if n < worker.scratch.count && !hangupSeen { readable = false }
+                tls.receive(UnsafeRawBufferPointer(rebasing: worker.scratch[0..<n]))
+                if !decrypt(tls) { return }
+            }
+        }
+    }
+
+    /// Drains the plaintext TLS has for us and processes it (after any plaintext still pending).
+    /// Returns false when the connection ended (handshake failure or close_notify).
+    private func decrypt(_ tls: TLSConnection) -> Bool {
+        var plain = pending
+        pending = []
+        let had = plain.count
+        var closeNotify = false
+        do {
+            loop: while true {
+                switch try tls.readPlaintext(into: &plain) {
+                case .handshakeCompleted: handshakeCompleted(tls)
+                case .progress: continue
+                case .wantMoreInput: break loop
+                case .closeNotify: closeNotify = true; break loop
+                }
+            }
+        } catch {
+            handshakeFailed(error)
+            return false
+        }
+        flush()   // handshake records, alerts
+        if plain.count > had || (!plain.isEmpty && !awaitingResponse) {
+            plain.withUnsafeBytes { processBatch($0) }
+        } else {
+            pending = plain
+        }
+        if closeNotify {
+            peerClosed = true
+            onPeerClosed()
+            return false
+        }
+        return state != .closed
+    }
+
+    /// The x-forwarded-client-cert element for this connection's verified client, if any.
+    private(set) var forwardedClientCert: String?
+
+    private func handshakeCompleted(_ tls: TLSConnection) {
+        peerCertificate = tls.peer
+        if let peer = tls.peer {
+            let leaf = listener.tls?.leafCertificate
+            forwardedClientCert = XFCC.element(peer: peer, by: leaf?.spiffeID ?? leaf?.uriSANs.first, includeCert: false)
+        }
+        listener.stats.tlsHandshake(ok: true, reason: tls.sessionReused ? "resumed" : "full", shard: worker.index)
+    }
+
+    private func handshakeFailed(_ error: TLSError) {
+        listener.stats.tlsHandshake(ok: false, reason: error.reason.rawValue, shard: worker.index)
+        Diagnostics.log(.debug, "TLS handshake from \(peerDescription) failed: \(error.message)")
+        flush()   // the alert tells the client why
+        close()
     }
 
     /// True while a batch of input is being processed: output is flushed once at its end.
@@ -293,7 +389,21 @@ final class DownstreamConnection: EventHandler {
     func flush() {
         guard state != .closed else { return }
         var sent: UInt64 = 0
-        let ok = flushBuffer(fd: fd, out: &out, writable: &writable, sent: &sent)
+        let ok: Bool
+        if let tls {
+            // Encrypt what the exchange wrote, then send ciphertext.
+            if !out.isEmpty && tls.isHandshakeComplete {
+                do { try out.withReadableBytes { try tls.writePlaintext($0) } } catch {
+                    abort(flags: "DC", details: "tls_write_failed")
+                    return
+                }
+                out.clear()
+            }
+            _ = tls.takeCiphertext(into: &cipherOut)
+            ok = flushBuffer(fd: fd, out: &cipherOut, writable: &writable, sent: &sent)
+        } else {
+            ok = flushBuffer(fd: fd, out: &out, writable: &writable, sent: &sent)
+        }
         if sent > 0 {
             bytesSentTotal &+= sent
             listener.stats.bytesSent.add(sent, shard: worker.index)
@@ -302,11 +412,11 @@ final class DownstreamConnection: EventHandler {
             abort(flags: "DC", details: "downstream_write_failed")
             return
         }
-        if out.readableBytes <= Watermark.low { exchange?.downstreamDrained() }
-        if out.isEmpty && state == .lingering && lingerDeadline == 0 { startLinger() }
+        if out.readableBytes + cipherOut.readableBytes <= Watermark.low { exchange?.downstreamDrained() }
+        if out.isEmpty && cipherOut.isEmpty && state == .lingering && lingerDeadline == 0 { startLinger() }
     }
 
-    var outputAboveHighWatermark: Bool { out.readableBytes > Watermark.high }
+    var outputAboveHighWatermark: Bool { out.readableBytes + cipherOut.readableBytes > Watermark.high }
 
     /// Sends a local reply for the current exchange or for a request that never became one.
     func sendLocalReply(_ reply: LocalReply, requestID: String?) {
@@ -376,6 +486,10 @@ final class DownstreamConnection: EventHandler {
         guard state != .closed else { return }
         awaitingResponse = false
         state = .lingering
+        if let tls, tls.isHandshakeComplete {
+            flush()            // plaintext still in `out` goes before the close_notify
+            tls.shutdown()
+        }
         flush()
     }
 
@@ -434,7 +548,10 @@ final class DownstreamConnection: EventHandler {
             return
         }
         if headDeadline != 0 && now >= headDeadline {
-            if parser.isIdle && pending.isEmpty && requestStartMono == 0 {
+            if let tls, !tls.isHandshakeComplete {
+                listener.stats.tlsHandshake(ok: false, reason: "timeout", shard: worker.index)
+                close()
+            } else if parser.isIdle && pending.isEmpty && requestStartMono == 0 {
                 // Connected but never sent a byte: close quietly, like an idle timeout.
                 close()
             } else {

@@ -80,8 +80,9 @@ final class Exchange {
         } else {
             let context = StreamContext(requestID: record.requestID, clientAddress: downstream.peer, clientPort: downstream.peerPort,
                                         listenerName: listener.name, serverAddress: listener.address,
-                                        upstreamAddress: listener.upstream.spec, scheme: "http", shard: downstream.worker.index,
+                                        upstreamAddress: listener.upstream.spec, scheme: downstream.scheme, shard: downstream.worker.index,
                                         startWallNanos: record.startWallNanos, worker: downstream.worker.services)
+            context.peerIdentity = downstream.peerCertificate?.spiffeID
             chain = snapshot.chain.makeInstance(context: context)
         }
         let t = snapshot.config.timeouts
@@ -90,8 +91,11 @@ final class Exchange {
 
     /// Hop-by-hop headers out; X-Forwarded-For/-Proto and X-Request-Id in (RFC 9110 §7.6.1).
     /// One pass over the fields: this runs for every request.
+    /// A client-supplied x-forwarded-client-cert is never trusted (Envoy's "sanitize"): it is
+    /// dropped, and set from the verified certificate when there is one.
     private static func prepareForwardHeaders(_ h: inout HTTPHeaders, framing: BodyFraming, upgrade: String?,
-                                              peer: String, record: inout AccessLogRecord) {
+                                              peer: String, scheme: String, clientCert: String?,
+                                              record: inout AccessLogRecord) {
         let tokens = h.contains("connection") ? connectionTokens(h) : []
         var out: [HTTPHeaders.Field] = []
         out.reserveCapacity(h.count + 4)
@@ -109,6 +113,8 @@ final class Exchange {
                 continue
             case 12 where n.asciiCaseInsensitiveEquals("x-request-id"):
                 continue   // re-added below with the id this exchange uses
+            case 23 where n.asciiCaseInsensitiveEquals("x-forwarded-client-cert"):
+                continue
             default:
                 break
             }
@@ -122,8 +128,9 @@ final class Exchange {
         if case .chunked = framing { out.append(("transfer-encoding", "chunked")) }
         let forwardedFor = xff.map { $0 + ", " + peer } ?? peer
         out.append(("x-forwarded-for", forwardedFor))
-        out.append(("x-forwarded-proto", "http"))
+        out.append(("x-forwarded-proto", scheme))
         out.append(("x-request-id", record.requestID))
+        if let clientCert { out.append(("x-forwarded-client-cert", clientCert)) }
         record.xForwardedFor = forwardedFor
         h = HTTPHeaders(out)
     }
@@ -176,7 +183,8 @@ final class Exchange {
     private func proceed(expectsContinue: Bool) {
         forwardHead.version = .http11
         Exchange.prepareForwardHeaders(&forwardHead.headers, framing: requestFraming, upgrade: upgrade,
-                                       peer: downstream.peer, record: &record)
+                                       peer: downstream.peer, scheme: downstream.scheme,
+                                       clientCert: downstream.forwardedClientCert, record: &record)
         if expectsContinue {
             // The filters accepted the head: now the client may send its body.
             downstream.out.append("HTTP/1.1 100 Continue\r\n\r\n")

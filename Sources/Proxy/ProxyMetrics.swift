@@ -13,6 +13,7 @@ public final class ProxyMetrics: Sendable {
     let upstreamConnections: CounterFamily
     let upstreamRequests: CounterFamily
     let upstreamErrors: CounterFamily
+    let tlsHandshakes: CounterFamily
 
     public init(registry: MetricsRegistry) {
         self.registry = registry
@@ -27,6 +28,7 @@ public final class ProxyMetrics: Sendable {
         upstreamConnections = registry.counter("outrider_upstream_connections_total", help: "Upstream TCP connections opened (keep-alive reuse keeps this low).", labelNames: ["listener"])
         upstreamRequests = registry.counter("outrider_upstream_requests_total", help: "Requests sent upstream.", labelNames: ["listener"])
         upstreamErrors = registry.counter("outrider_upstream_errors_total", help: "Upstream failures, by reason.", labelNames: ["listener", "reason"])
+        tlsHandshakes = registry.counter("outrider_tls_handshakes_total", help: "TLS handshakes on downstream connections, by result and failure reason (unknown_ca, expired, no_client_cert, …).", labelNames: ["listener", "result", "reason"])
     }
 
     func listenerStats(_ name: String) -> ListenerStats { ListenerStats(name: name, metrics: self) }
@@ -67,6 +69,9 @@ final class ListenerStats: Sendable {
     // Rare paths: the family lookup takes a lock, which is fine off the fast path.
     func localReply(_ details: String, shard: Int) {
         metrics.localReplies.labels(name, details).increment(shard: shard)
+    }
+    func tlsHandshake(ok: Bool, reason: String, shard: Int) {
+        metrics.tlsHandshakes.labels(name, ok ? "ok" : "failed", reason).increment(shard: shard)
     }
     func upstreamError(_ reason: String, shard: Int) {
         metrics.upstreamErrors.labels(name, reason).increment(shard: shard)

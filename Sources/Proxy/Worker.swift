@@ -4,6 +4,7 @@ import Glibc
 import Config
 import EventLoop
 import Filters
+import TLS
 import OutriderCore
 
 /// One worker: an event loop on its own thread with its own listeners (SO_REUSEPORT), its
@@ -79,6 +80,15 @@ final class Worker {
         }
         Socket.setNoDelay(fd)
         let c = DownstreamConnection(fd: fd, worker: self, listener: listener, peer: peer, peerPort: peerPort)
+        if let context = listener.tls {
+            do {
+                c.tls = try TLSConnection(context: context)
+            } catch {
+                logError("listener \(listener.name): cannot start TLS: \(error.message)")
+                close(fd)
+                return
+            }
+        }
         do {
             try loop.register(fd: fd, handler: c)
         } catch {
