@@ -436,6 +436,12 @@ public final class Transaction {
         }
         func store(_ c: Collection) {
             guard let s = collections[c] else { return }
+            if case .exact(let k) = t.key {
+                if let kv = s.map[k], exclusions.isEmpty || !exclusions.contains(where: { $0.excludes(c, k, kv.key) }) {
+                    out.append(Value(collection: c, key: kv.key, value: kv.value, id: -1))
+                }
+                return
+            }
             for (kl, kv) in s.map {
                 guard t.key.matches(kl, kv.key) else { continue }
                 if !exclusions.isEmpty, exclusions.contains(where: { $0.excludes(c, kl, kv.key) }) { continue }
@@ -491,7 +497,7 @@ public final class Transaction {
         case .requestProtocol: scalar(proto, id: 1_000_007)
         case .queryString: scalar(queryString, id: 1_000_008)
         case .requestBody:
-            if bodyProcessor == nil || bodyProcessor == "URLENCODED" || forceRequestBodyVariable { scalar(requestBody, id: 1_000_009) }
+            if bodyProcessor != "MULTIPART" || forceRequestBodyVariable { scalar(requestBody, id: 1_000_009) }
         case .requestBodyLength: scalar(requestBodyLength.bytes)
         case .remoteAddr: scalar(Array(clientAddress.utf8))
         case .remotePort: scalar(clientPort.bytes)

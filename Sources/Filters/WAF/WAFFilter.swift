@@ -1,0 +1,215 @@
+import Config
+import OutriderCore
+import Telemetry
+import WAF
+
+/// The WAF's per-config-version state: the compiled rule set, the audit sink, counters.
+final class WAFFactory: FilterFactory {
+    let name = "waf"
+    let mode: FilterMode
+    let ruleSet: WAF.RuleSet
+    let audit: AuditSink
+    let metrics: WAFMetrics
+
+    init(mode: FilterMode, ruleSet: WAF.RuleSet, audit: AuditSink, metrics: WAFMetrics) {
+        self.mode = mode; self.ruleSet = ruleSet; self.audit = audit; self.metrics = metrics
+    }
+
+    func makeFilter(context: StreamContext) -> (any HTTPFilter)? {
+        ruleSet.settings.ruleEngine == .off ? nil : WAFFilter(factory: self)
+    }
+}
+
+/// One request through the SecLang engine: phase 1 on the head, phase 2 once the body is
+/// held (or at once without a body), 3/4 on the response, 5 at the end. Every logged match
+/// becomes one JSON audit line with ModSecurity's text, a span event and a counter.
+final class WAFFilter: HTTPFilter {
+    private let factory: WAFFactory
+    private var tx: Transaction?
+    private var uri = ""
+    private var method = ""
+    private var written = 0
+    private var bodyExpected = false
+    private var phase2Done = false
+    private var responseBodyWanted = false
+    private var outcomeCounted = false
+
+    init(factory: WAFFactory) { self.factory = factory }
+
+    func requestHead(_ head: inout RequestHead, context: StreamContext) throws -> FilterVerdict {
+        let t = Transaction(ruleSet: factory.ruleSet, requestID: context.requestID, clientAddress: context.clientAddress,
+                            clientPort: Int(context.clientPort), serverAddress: context.serverAddress.host,
+                            serverPort: Int(context.serverAddress.port), startNanos: context.startWallNanos)
+        if factory.mode == .shadow { t.setShadow() }
+        tx = t
+        uri = head.target
+        method = head.method
+        var headers: [(String, String)] = []
+        headers.reserveCapacity(head.headers.count)
+        for f in head.headers { headers.append((f.name, f.value)) }
+        let te = head.headers.first("transfer-encoding")
+        let cl = head.headers.first("content-length").flatMap { Int($0.wafTrim()) } ?? 0
+        bodyExpected = te != nil || cl > 0
+        if let i = t.processRequestHeaders(method: head.method, target: head.target, protocol: head.version.description, headers: headers) {
+            return verdict(i, context)
+        }
+        if !bodyExpected {
+            phase2Done = true
+            let i = t.processRequestBody()
+            flush(context)
+            if let i { return verdict(i, context) }
+        }
+        flush(context)
+        return .proceed
+    }
+
+    func requestBodyBufferLimit(context: StreamContext) -> Int {
+        guard let t = tx, bodyExpected, !phase2Done, t.requestBodyAccess else { return 0 }
+        return max(1, t.requestBodyLimit)
+    }
+
+    func requestBody(_ chunk: UnsafeRawBufferPointer, endStream: Bool, context: StreamContext) throws -> FilterVerdict {
+        guard let t = tx, !phase2Done else { return .proceed }
+        if chunk.count > 0 { t.appendRequestBody(chunk) }
+        guard endStream else { return .proceed }
+        phase2Done = true
+        let i = t.processRequestBody()
+        flush(context)
+        if let i { return verdict(i, context) }
+        return .proceed
+    }
+
+    func requestBodyOverLimit(context: StreamContext) -> FilterVerdict {
+        guard let t = tx, !phase2Done else { return .proceed }
+        phase2Done = true
+        factory.metrics.bodyOverLimit.increment(shard: context.shard)
+        if let i = t.bodyLimitIntervention {
+            var reply = LocalReply(status: i.status, details: "waf_body_too_large")
+            reply.responseFlags = "WAF"
+            return .respond(reply)
+        }
+        let i = t.processRequestBody()
+        flush(context)
+        if let i { return verdict(i, context) }
+        return .proceed
+    }
+
+    func responseHead(_ head: inout ResponseHead, context: StreamContext) throws -> FilterVerdict {
+        guard let t = tx, t.intervention == nil else { return .proceed }
+        if !phase2Done { phase2Done = true; _ = t.processRequestBody() }
+        var headers: [(String, String)] = []
+        for f in head.headers { headers.append((f.name, f.value)) }
+        let i = t.processResponseHeaders(status: head.status, protocol: head.version.description, headers: headers)
+        flush(context)
+        if let i { return verdict(i, context) }
+        responseBodyWanted = t.wantsResponseBody
+        return .proceed
+    }
+
+    func responseBody(_ chunk: UnsafeRawBufferPointer, endStream: Bool, context: StreamContext) {
+        guard responseBodyWanted, let t = tx else { return }
+        if chunk.count > 0 { t.appendResponseBody(chunk) }
+        if endStream {
+            responseBodyWanted = false
+            _ = t.processResponseBody()   // observe only: the body is already on its way
+            flush(context)
+        }
+    }
+
+    func streamComplete(_ outcome: StreamOutcome, context: StreamContext) {
+        guard let t = tx else { return }
+        t.processLogging()
+        flush(context)
+        if !outcomeCounted {
+            outcomeCounted = true
+            let wouldBlock = t.matches.contains { m in m.id == 949110 || m.id == 959100 } || t.intervention != nil
+            (wouldBlock ? factory.metrics.detected : factory.metrics.passed).increment(shard: context.shard)
+        }
+        tx = nil
+    }
+
+    // MARK: output
+
+    private func verdict(_ i: Intervention, _ context: StreamContext) -> FilterVerdict {
+        flush(context)
+        outcomeCounted = true
+        if factory.mode == .shadow {
+            factory.metrics.detected.increment(shard: context.shard)
+            return .proceed
+        }
+        factory.metrics.blocked.increment(shard: context.shard)
+        var headers = HTTPHeaders()
+        headers.add(name: "x-request-id", value: context.requestID)
+        var status = i.status
+        if let loc = i.redirect { headers.add(name: "location", value: loc) }
+        if status < 200 || status > 599 { status = 403 }
+        var reply = LocalReply(status: status, details: "waf_blocked", body: i.redirect == nil ? "Forbidden: request blocked by WAF (request id \(context.requestID))\n" : "",
+                               headers: headers, closeConnection: i.drop)
+        reply.responseFlags = "WAF"
+        context.addSpanEvent("waf.blocked", attributes: [SpanAttribute("waf.rule_id", .int(Int64(i.ruleID))), SpanAttribute("http.response.status_code", .int(Int64(status)))])
+        return .respond(reply)
+    }
+
+    /// Writes the audit lines of matches not yet written.
+    private func flush(_ context: StreamContext) {
+        guard let t = tx else { return }
+        let all = t.matches
+        guard written < all.count else { return }
+        let host = context.serverAddress.host
+        for m in all[written...] where m.log {
+            factory.metrics.ruleMatches.labels(String(m.id)).increment(shard: context.shard)
+            let text = m.modsecText(uri: uri, uniqueID: context.requestID, hostname: host)
+            var line = "{\"time_unix_nano\":\(wallClockNanos()),\"request_id\":"
+            JSONText.append(context.requestID, to: &line)
+            line += ",\"client\":"
+            JSONText.append(context.clientAddress, to: &line)
+            line += ",\"method\":"
+            JSONText.append(method, to: &line)
+            line += ",\"uri\":"
+            JSONText.append(uri, to: &line)
+            line += ",\"rule_id\":\(m.id),\"phase\":\(m.phase),\"severity\":\(m.severity ?? 0),\"disruptive\":\(m.disruptive),\"mode\":"
+            JSONText.append(factory.mode == .shadow || t.mode != .on ? "detection_only" : "enforce", to: &line)
+            line += ",\"message\":"
+            JSONText.append(text, to: &line)
+            line += "}"
+            factory.audit.write(line)
+            context.addSpanEvent("waf.rule_match", attributes: [
+                SpanAttribute("waf.rule_id", .int(Int64(m.id))),
+                SpanAttribute("waf.msg", .string(m.msg)),
+            ])
+        }
+        written = all.count
+    }
+}
+
+enum JSONText {
+    static func append(_ s: String, to out: inout String) {
+        out.append("\"")
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if u.value < 0x20 || u.value == 0x7f {
+                    let hex = String(u.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        out.append("\"")
+    }
+}
+
+extension String {
+    func wafTrim(_ set: String = " \t") -> String {
+        var s = Substring(self)
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}
