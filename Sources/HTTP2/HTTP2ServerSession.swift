@@ -49,8 +49,14 @@ public final class HTTP2ServerSession {
     private var settingsFrames: TokenBucket
     private var pings: TokenBucket
     private var controlFrames: TokenBucket
-    /// Set by a callback that found a flood: the session is terminated after mem_recv returns.
-    private var calmDown: String?
+    /// Set by a callback that found a flood or a protocol violation nghttp2 lets through: the
+    /// session is already terminating (GOAWAY queued); `receive` reports it.
+    private var pendingFailure: (reason: String, code: UInt32)?
+    /// Highest client stream id seen on a HEADERS frame, and the odd ids the client skipped
+    /// (implicitly closed, never opened): a HEADERS frame reusing one is a connection error
+    /// (RFC 9113 §5.1.1), which nghttp2 cannot tell from a late frame on a forgotten stream.
+    private var maxClientStreamID: Int32 = 0
+    private var skippedStreamIDs: [ClosedRange<Int32>] = []
 
     public init(settings: HTTP2Settings = HTTP2Settings(), clock: @escaping () -> UInt64 = monotonicNanos) throws {
         let s = settings.normalized
@@ -74,6 +80,7 @@ public final class HTTP2ServerSession {
         nghttp2_session_callbacks_set_on_stream_close_callback(cbs, thunkStreamClose)
         nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, thunkInvalidFrame)
         nghttp2_session_callbacks_set_on_frame_send_callback(cbs, thunkFrameSend)
+        nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, thunkBeginFrame)
 
         var optionPtr: OpaquePointer?
         guard nghttp2_option_new(&optionPtr) == 0, let option = optionPtr else {
@@ -123,8 +130,8 @@ public final class HTTP2ServerSession {
     public func receive(_ bytes: UnsafeRawBufferPointer) -> [HTTP2Event] {
         guard let session, !failed, let base = bytes.baseAddress, bytes.count > 0 else { return takeEvents() }
         let rv = nghttp2_session_mem_recv(session, base.assumingMemoryBound(to: UInt8.self), bytes.count)
-        if let reason = calmDown {
-            fail(reason, code: HTTP2ErrorCode.enhanceYourCalm)
+        if let f = pendingFailure {
+            fail(f.reason, code: f.code)
         } else if rv < 0 {
             let code = Int32(truncatingIfNeeded: rv)
             fail("nghttp2: \(HTTP2ServerSession.describe(code))", code: HTTP2ServerSession.goawayCode(for: code))
@@ -393,18 +400,15 @@ public final class HTTP2ServerSession {
             }
         case NGHTTP2_RST_STREAM.rawValue:
             if !resets.take(now: clock()) {
-                calmDown = "too many RST_STREAM frames (rapid reset)"
-                terminateNow()
+                terminateNow("too many RST_STREAM frames (rapid reset)", code: HTTP2ErrorCode.enhanceYourCalm)
             }
         case NGHTTP2_SETTINGS.rawValue:
             if !ack && !settingsFrames.take(now: clock()) {
-                calmDown = "too many SETTINGS frames"
-                terminateNow()
+                terminateNow("too many SETTINGS frames", code: HTTP2ErrorCode.enhanceYourCalm)
             }
         case NGHTTP2_PING.rawValue:
             if !ack && !pings.take(now: clock()) {
-                calmDown = "too many PING frames"
-                terminateNow()
+                terminateNow("too many PING frames", code: HTTP2ErrorCode.enhanceYourCalm)
             }
         case NGHTTP2_PRIORITY.rawValue, NGHTTP2_WINDOW_UPDATE.rawValue:
             limitControlFrame()
@@ -418,15 +422,37 @@ public final class HTTP2ServerSession {
 
     private func limitControlFrame() {
         if !controlFrames.take(now: clock()) {
-            calmDown = "too many control frames"
-            terminateNow()
+            terminateNow("too many control frames", code: HTTP2ErrorCode.enhanceYourCalm)
         }
     }
 
-    /// Queues GOAWAY ENHANCE_YOUR_CALM right away; nghttp2 ignores the rest of the input.
-    private func terminateNow() {
-        guard let session else { return }
-        _ = nghttp2_session_terminate_session(session, HTTP2ErrorCode.enhanceYourCalm)
+    /// Queues GOAWAY with `code` right away; nghttp2 ignores the rest of the input.
+    private func terminateNow(_ reason: String, code: UInt32) {
+        guard let session, pendingFailure == nil else { return }
+        pendingFailure = (reason, code)
+        _ = nghttp2_session_terminate_session(session, code)
+    }
+
+    /// Every frame header, before nghttp2 processes the frame: the checks nghttp2 1.52 lacks.
+    func onBeginFrame(type: UInt8, streamID: Int32) {
+        switch UInt32(type) {
+        case NGHTTP2_HEADERS.rawValue where streamID > 0 && streamID & 1 == 1:
+            if streamID > maxClientStreamID {
+                let expected = maxClientStreamID == 0 ? 1 : maxClientStreamID &+ 2
+                if streamID > expected {
+                    skippedStreamIDs.append(expected...(streamID - 2))
+                    if skippedStreamIDs.count > 64 { skippedStreamIDs.removeFirst() }
+                }
+                maxClientStreamID = streamID
+            } else if skippedStreamIDs.contains(where: { $0.contains(streamID) }) {
+                terminateNow("HEADERS on stream \(streamID), below a stream already opened", code: HTTP2ErrorCode.protocolError)
+            }
+        case NGHTTP2_PRIORITY.rawValue where streamID == 0:
+            // RFC 9113 §6.3: PRIORITY on stream 0 is a connection error (nghttp2 ignores it).
+            terminateNow("PRIORITY on stream 0", code: HTTP2ErrorCode.protocolError)
+        default:
+            break
+        }
     }
 
     func onInvalidFrame(_ frame: UnsafePointer<nghttp2_frame>, libError: Int32) {

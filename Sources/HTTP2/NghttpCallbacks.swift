@@ -66,3 +66,9 @@ func thunkDataSourceRead(_ s: OpaquePointer?, _ streamID: Int32, _ buf: UnsafeMu
     guard let buf, let flags, let session = owner(user) else { return Int(callbackFailure) }
     return session.readData(streamID: streamID, into: buf, length: length, flags: flags)
 }
+
+func thunkBeginFrame(_ s: OpaquePointer?, _ hd: UnsafePointer<nghttp2_frame_hd>?, _ user: UnsafeMutableRawPointer?) -> Int32 {
+    guard let hd, let session = owner(user) else { return callbackFailure }
+    session.onBeginFrame(type: hd.pointee.type, streamID: hd.pointee.stream_id)
+    return 0
+}

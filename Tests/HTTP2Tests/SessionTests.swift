@@ -177,6 +177,33 @@ import Testing
         #expect(err.errorCode == HTTP2ErrorCode.streamClosed)
     }
 
+    @Test func headersOnASkippedLowerStreamIDIsConnectionError() throws {
+        let c = try H2Client()
+        c.handshake()
+        c.request(5)
+        c.request(3)
+        let goaway = try #require(c.read().first { $0.type == FT.goaway })
+        #expect(goaway.errorCode == HTTP2ErrorCode.protocolError)
+        #expect(c.takeEvents().contains { $0.isConnectionError })
+    }
+
+    @Test func priorityForAnIdleStreamThenLowerHeadersIsServed() throws {
+        let c = try H2Client()
+        c.handshake()
+        c.send(frame(FT.priority, 0, 3, u32(0) + [255]))
+        c.request(1)
+        #expect(!c.read().contains { $0.type == FT.goaway })
+        if case .requestHead(1, _, _, _)? = c.takeEvents().first {} else { Issue.record("stream 1 not served") }
+    }
+
+    @Test func priorityOnStreamZeroIsConnectionError() throws {
+        let c = try H2Client()
+        c.handshake()
+        c.send(frame(FT.priority, 0, 0, u32(0) + [255]))
+        let goaway = try #require(c.read().first { $0.type == FT.goaway })
+        #expect(goaway.errorCode == HTTP2ErrorCode.protocolError)
+    }
+
     @Test func clientGoawayIsReported() throws {
         let c = try H2Client()
         c.handshake()
