@@ -66,6 +66,7 @@ let package = Package(
         .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "OutriderCore"]),
         .testTarget(name: "RateLimitFilterTests", dependencies: ["Filters", "Config", "OutriderCore", "Telemetry", "EventLoop"]),
         .testTarget(name: "WAFTests", dependencies: ["WAF", "OutriderCore"]),
+        .testTarget(name: "MTLSFilterTests", dependencies: ["Filters", "Config", "OutriderCore", "Telemetry", "EventLoop"]),
     ],
     swiftLanguageModes: [.v6]
 )

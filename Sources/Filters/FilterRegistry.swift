@@ -31,7 +31,7 @@ extension FilterBuilder {
 /// The filters this build knows, by the name used in `outrider.yaml` (`filters: - name: …`).
 public enum FilterRegistry {
     // Computed, not stored: a stored array of metatypes is global state to Swift 6.
-    static var builders: [any FilterBuilder.Type] { [TracingFilterBuilder.self, RateLimitFilterBuilder.self, WAFFilterBuilder.self] }
+    static var builders: [any FilterBuilder.Type] { [TracingFilterBuilder.self, RateLimitFilterBuilder.self, WAFFilterBuilder.self, MTLSFilterBuilder.self] }
 
     public static var available: [String] { builders.map { $0.name } }
 
