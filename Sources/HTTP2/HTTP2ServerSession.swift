@@ -135,10 +135,9 @@ public final class HTTP2ServerSession {
         } else if rv < 0 {
             let code = Int32(truncatingIfNeeded: rv)
             fail("nghttp2: \(HTTP2ServerSession.describe(code))", code: HTTP2ServerSession.goawayCode(for: code))
-        } else if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) != 0 && !isDraining {
-            // nghttp2 found a connection error and queued GOAWAY itself.
-            fail("connection error (GOAWAY sent)", code: nil)
         }
+        // A connection error nghttp2 finds itself (it queues the GOAWAY) is reported when that
+        // GOAWAY is sent (onFrameSend), i.e. from takeOutput/takeEvents.
         return takeEvents()
     }
 
