@@ -246,6 +246,7 @@ extension Transaction {
                 }
                 guard let close = b[i...].firstIndex(of: 62) else { bodyError("XML: unterminated tag"); break }
                 let tag = b[(i + 1)..<close]
+                if tag.first != 47 && tag.first != 63 && tag.first != 33 { xmlAttributes += Transaction.attributeValues(Array(tag)) }
                 if tag.first == 47 { depth -= 1 }
                 else if tag.first != 63 && tag.first != 33 && tag.last != 47 { depth += 1; sawElement = true }
                 else if tag.last == 47 { sawElement = true }
@@ -257,6 +258,26 @@ extension Transaction {
         }
         if !sawElement || depth != 0 { bodyError("XML parsing error") }
         xmlText = T.htmlEntityDecode(text)
+    }
+}
+
+extension Transaction {
+    /// Attribute values of a start tag's text (`name a="1" b='2'`).
+    static func attributeValues(_ t: Bytes) -> [Bytes] {
+        var out: [Bytes] = []
+        var i = 0
+        while i < t.count {
+            if t[i] == 61 {  // =
+                var j = i + 1
+                while j < t.count, isSpaceByte(t[j]) { j += 1 }
+                if j < t.count, t[j] == 34 || t[j] == 39 {
+                    let q = t[j]
+                    if let e = t[(j + 1)...].firstIndex(of: q) { out.append(T.htmlEntityDecode(Array(t[(j + 1)..<e]))); i = e + 1; continue }
+                }
+            }
+            i += 1
+        }
+        return out
     }
 }
 

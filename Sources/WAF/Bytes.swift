@@ -3,9 +3,15 @@
 
 extension String {
     /// One byte per scalar (the inverse of `init(latin1:)`); scalars above 0xFF are truncated.
-    var latin1: Bytes { unicodeScalars.map { UInt8(truncatingIfNeeded: $0.value) } }
+    var latin1: Bytes {
+        if !utf8.contains(where: { $0 >= 0x80 }) { return Array(utf8) }
+        return unicodeScalars.map { UInt8(truncatingIfNeeded: $0.value) }
+    }
 
     init<S: Sequence>(latin1 bytes: S) where S.Element == UInt8 {
+        if let c = bytes.withContiguousStorageIfAvailable({ b -> String? in
+            b.contains(where: { $0 >= 0x80 }) ? nil : String(decoding: b, as: UTF8.self)
+        }), let c { self = c; return }
         var s = ""
         s.unicodeScalars.append(contentsOf: bytes.map { Unicode.Scalar($0) })
         self = s

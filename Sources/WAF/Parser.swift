@@ -161,7 +161,8 @@ final class Loader {
                 var closed = false
                 while i < c.count {
                     if c[i] == "\\", i + 1 < c.count {
-                        if c[i + 1] == q { tok.append(q) } else { tok.append(c[i]); tok.append(c[i + 1]) }
+                        // As Apache's ap_getword_conf (CRS is written for it): \\ and \" unescape.
+                        if c[i + 1] == q || c[i + 1] == "\\" { tok.append(c[i + 1]) } else { tok.append(c[i]); tok.append(c[i + 1]) }
                         i += 2; continue
                     }
                     if c[i] == q { closed = true; i += 1; break }
@@ -398,7 +399,8 @@ final class Loader {
         if var k = keyText {
             if k.count >= 2, k.hasPrefix("'"), k.hasSuffix("'") { k = k.dropFirst().dropLast() }
             if col == .xml {
-                key = .all   // XPath: the whole document's text (what CRS's XML:/* asks for)
+                // XPath: `//@*` (attribute values) or the whole document's text (`/*`).
+                key = k.contains("@") ? .exact("@") : .all
             } else if k.count >= 2, k.hasPrefix("/"), k.hasSuffix("/") {
                 do { key = .regex(try Regex(String(k.dropFirst().dropLast()), caseless: true)) }
                 catch { self.error(file, line, "bad regex key in '\(raw)': \(error.message)"); return nil }

@@ -117,6 +117,7 @@ public final class Transaction {
     var partHeaders: [Entry] = []
     var partHeadersPending: [(Bytes, Bytes)] = []
     var xmlText: Bytes?
+    var xmlAttributes: [Bytes] = []
     var requestBody: Bytes = []
     var requestBodyLength = 0
     var bodyProcessor: String?
@@ -141,6 +142,7 @@ public final class Transaction {
     var matchedVars: [Entry] = []
     var currentRule: Rule?
     var lastOperatorParam: Bytes = []
+    var lastOperatorParamText: String?
     var removedIDs: [ClosedRange<Int>] = []
     var removedTags: [String] = []
     var targetRemovalsByID: [([ClosedRange<Int>], Exclusion)] = []
@@ -339,11 +341,12 @@ public final class Transaction {
 
     func record(_ r: Rule, phase: Int, disruptive: Bool) {
         let log = r.log ?? rs.defaultLog[phase]
+        guard log || disruptive else { return }
         let m = RuleMatch(id: r.id, phase: phase, msg: r.msg.map { String(latin1: expand($0, rule: r)) } ?? "",
                           data: r.logdata.map { String(latin1: expand($0, rule: r)) } ?? "",
                           severity: r.severity, tags: r.tags, ver: r.ver, rev: r.rev, maturity: r.maturity, accuracy: r.accuracy,
                           file: r.file, line: r.line, matchedVarName: String(latin1: matchedVarName), matchedVar: String(latin1: matchedVar),
-                          operatorName: lastOperatorName, operatorParam: String(latin1: lastOperatorParam), disruptive: disruptive, log: log || disruptive)
+                          operatorName: lastOperatorName, operatorParam: lastOperatorParamText ?? String(latin1: lastOperatorParam), disruptive: disruptive, log: log || disruptive)
         matches.append(m)
     }
     var lastOperatorName = ""
@@ -360,7 +363,7 @@ public final class Transaction {
             links.append(l)
             link = l.chained
         }
-        for l in links.reversed() { runActions(l) }
+        for l in links.reversed() { runActions(l, setvars: false) }
         return true
     }
 
@@ -368,7 +371,9 @@ public final class Transaction {
         currentRule = starter
         if r.targets.isEmpty {
             lastOperatorName = "unconditionalMatch"
-            return execute(r.op, [], capture: r.capture)
+            let m = execute(r.op, [], capture: r.capture)
+            if m { runSetVars(r) }
+            return m
         }
         var exclusions = r.exclusions
         if !targetRemovalsByID.isEmpty {
@@ -406,6 +411,7 @@ public final class Transaction {
         matchedVarName = v.name
         matchedVars.append(Entry(key: matchedVarName, keyLower: keyString(matchedVarName), value: tv, id: -1))
         lastOperatorName = r.op.name
+        runSetVars(r)
     }
 
     func transformed(_ v: Value, _ r: Rule) -> Bytes {
@@ -478,7 +484,10 @@ public final class Transaction {
         case .matchedVars: keyed(matchedVars, .matchedVars)
         case .matchedVarsNames: keyed(matchedVars, .matchedVarsNames, names: true)
         case .tx, .ip, .global, .session, .user, .resource, .geo, .env: store(t.collection)
-        case .xml: if let x = xmlText { scalar(x, id: 1_000_000) }
+        case .xml:
+            if case .exact("@") = t.key {
+                for (k, a) in xmlAttributes.enumerated() { out.append(Value(collection: .xml, key: Array("//@*".utf8), value: a, id: 2_000_000 + k)) }
+            } else if let x = xmlText { scalar(x, id: 1_000_000) }
         case .rule:
             if let r = currentRule, case .exact(let k) = t.key {
                 switch k {
@@ -497,7 +506,7 @@ public final class Transaction {
         case .requestProtocol: scalar(proto, id: 1_000_007)
         case .queryString: scalar(queryString, id: 1_000_008)
         case .requestBody:
-            if bodyProcessor != "MULTIPART" || forceRequestBodyVariable { scalar(requestBody, id: 1_000_009) }
+            if bodyProcessor == nil || bodyProcessor == "URLENCODED" || forceRequestBodyVariable { scalar(requestBody, id: 1_000_009) }
         case .requestBodyLength: scalar(requestBodyLength.bytes)
         case .remoteAddr: scalar(Array(clientAddress.utf8))
         case .remotePort: scalar(clientPort.bytes)
@@ -564,25 +573,30 @@ public final class Transaction {
 
     // MARK: actions
 
-    func runActions(_ r: Rule) {
+    /// setvar runs for every matched value as soon as it matches (ModSecurity v3's
+    /// "independent of the chained rule result"); the rest after the whole chain matched.
+    func runSetVars(_ r: Rule) {
+        for sv in r.setvars {
+            let key = expand(sv.key, rule: r)
+            let c = sv.collection
+            switch sv.op {
+            case .set(let m): collections[c, default: VarStore()].set(key, expand(m, rule: r))
+            case .add(let m):
+                let cur = collections[c]?[keyString(key)].map(parseLeadingInt) ?? 0
+                collections[c, default: VarStore()].set(key, cur.addingReportingOverflow(parseLeadingInt(expand(m, rule: r))).partialValue.bytes)
+            case .sub(let m):
+                let cur = collections[c]?[keyString(key)].map(parseLeadingInt) ?? 0
+                collections[c, default: VarStore()].set(key, cur.subtractingReportingOverflow(parseLeadingInt(expand(m, rule: r))).partialValue.bytes)
+            case .delete: collections[c, default: VarStore()].remove(key)
+            }
+        }
+    }
+
+    func runActions(_ r: Rule, setvars: Bool = true) {
+        if setvars { runSetVars(r) }
         for (c, m) in r.initcols {
             if collections[c] == nil { collections[c] = VarStore() }
             _ = m
-        }
-        for sv in r.setvars {
-            let key = expand(sv.key, rule: r)
-            var store = collections[sv.collection] ?? VarStore()
-            switch sv.op {
-            case .set(let m): store.set(key, expand(m, rule: r))
-            case .add(let m):
-                let cur = store[keyString(key)].map(parseLeadingInt) ?? 0
-                store.set(key, cur.addingReportingOverflow(parseLeadingInt(expand(m, rule: r))).partialValue.bytes)
-            case .sub(let m):
-                let cur = store[keyString(key)].map(parseLeadingInt) ?? 0
-                store.set(key, cur.subtractingReportingOverflow(parseLeadingInt(expand(m, rule: r))).partialValue.bytes)
-            case .delete: store.remove(key)
-            }
-            collections[sv.collection] = store
         }
         for c in r.ctls {
             switch c {
@@ -618,25 +632,19 @@ public final class Transaction {
         case .rx(let re):
             if capture {
                 if let groups = re.firstMatch(v, groups: 9) {
-                    var tx = collections[.tx] ?? VarStore()
-                    for (i, g) in groups.enumerated() { tx.set(i.bytes, g) }
-                    collections[.tx] = tx
+                    for (i, g) in groups.enumerated() { collections[.tx, default: VarStore()].set(Transaction.digits[i], g) }
                     r = true
                 } else { r = false }
             } else { r = re.matches(v) }
-            lastOperatorParam = re.pattern.latin1
         case .pm(let ac):
             if let idx = ac.search(v) {
                 r = true
-                if capture { var tx = collections[.tx] ?? VarStore(); tx.set([48], ac.patterns[idx]); collections[.tx] = tx }
+                if capture { collections[.tx, default: VarStore()].set([48], ac.patterns[idx]) }
             } else { r = false }
-            lastOperatorParam = op.param.constant
         case .rxMacro:
             if let re = RegexCache.shared.regex(String(latin1: param)) {
                 if capture, let groups = re.firstMatch(v, groups: 9) {
-                    var tx = collections[.tx] ?? VarStore()
-                    for (i, g) in groups.enumerated() { tx.set(i.bytes, g) }
-                    collections[.tx] = tx
+                    for (i, g) in groups.enumerated() { collections[.tx, default: VarStore()].set(Transaction.digits[i], g) }
                     r = true
                 } else { r = re.matches(v) }
             } else { r = false }
@@ -664,18 +672,26 @@ public final class Transaction {
             r = res == 1
             if r, capture {
                 let f = fp.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
-                var tx = collections[.tx] ?? VarStore(); tx.set([48], f); collections[.tx] = tx
+                collections[.tx, default: VarStore()].set([48], f)
             }
         case .detectXSS:
             let res = v.withUnsafeBufferPointer { b in b.withMemoryRebound(to: CChar.self) { cinjection_xss($0.baseAddress, $0.count) } }
             r = res == 1
-            if r, capture { var tx = collections[.tx] ?? VarStore(); tx.set([48], v); collections[.tx] = tx }
+            if r, capture { collections[.tx, default: VarStore()].set([48], v) }
         case .unconditional: r = true
         case .noMatch, .unsupported: r = false
         }
-        if case .rx = op.kind {} else if case .pm = op.kind {} else { lastOperatorParam = param }
+        if r != op.negated {
+            switch op.kind {
+            case .rx(let re): lastOperatorParamText = re.pattern
+            case .pm: lastOperatorParamText = op.param.text
+            default: lastOperatorParamText = nil; lastOperatorParam = param
+            }
+        }
         return op.negated ? !r : r
     }
+
+    static let digits: [Bytes] = (0...9).map { [UInt8(48 + $0)] }
 
     func containsWord(_ v: Bytes, _ w: Bytes) -> Bool {
         if w.isEmpty { return true }

@@ -19,6 +19,7 @@ import re
 import socket
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -117,6 +118,7 @@ class AuditReader:
         self.path = Path(path)
         self.pos = 0
         self.by_id = {}
+        self.lock = threading.Lock()
 
     def refresh(self):
         if not self.path.exists():
@@ -136,8 +138,9 @@ class AuditReader:
             self.by_id.setdefault(rec.get("request_id"), []).append(rec["message"])
 
     def lines(self, rid):
-        self.refresh()
-        return self.by_id.get(rid, [])
+        with self.lock:
+            self.refresh()
+            return list(self.by_id.get(rid, []))
 
 
 def check(output, status, log):
