@@ -49,7 +49,7 @@ let package = Package(
         // HTTP/2 server codec on nghttp2: a session fed bytes that returns events and output.
         .target(name: "HTTP2", dependencies: ["CNghttp2", "OutriderCore"], swiftSettings: hotPath),
         // Listeners, connections, upstream pool, the proxy stream, admin server.
-        .target(name: "Proxy", dependencies: ["CLinux", "OutriderCore", "EventLoop", "HTTP1", "Config", "Telemetry", "Filters", "TLS"], swiftSettings: hotPath),
+        .target(name: "Proxy", dependencies: ["CLinux", "OutriderCore", "EventLoop", "HTTP1", "Config", "Telemetry", "Filters", "TLS", "HTTP2"], swiftSettings: hotPath),
         // CLI, wiring, signals, reload, drain.
         .executableTarget(name: "Outrider", dependencies: ["Proxy", "Config", "Telemetry", "Filters", "EventLoop", "OutriderCore", "CLinux"]),
         // libFuzzer entry for the HTTP/1 parsers (make fuzz).

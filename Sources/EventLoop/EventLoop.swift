@@ -112,6 +112,14 @@ public final class EventLoop {
         try systemCallChecked("epoll_ctl(MOD)", { Int(clinux_epoll_ctl(epfd, EPOLL_CTL_MOD, fd, events, data)) })
     }
 
+    /// Hands `fd`'s events to another handler (a connection switching protocol, e.g. HTTP/1.1
+    /// seeing the HTTP/2 preface). The epoll registration stays as it is.
+    public func replaceHandler(fd: Int32, with handler: EventHandler) {
+        let i = Int(fd)
+        guard i >= 0, i < slots.count, slots[i].handler != nil else { return }
+        slots[i].handler = handler
+    }
+
     /// Forgets `fd`. Call before closing it.
     public func deregister(fd: Int32) {
         let i = Int(fd)

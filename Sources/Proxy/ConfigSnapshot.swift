@@ -32,9 +32,8 @@ public final class ListenerRuntime: Sendable {
         stats = metrics.listenerStats(c.name)
         if let t = c.tls {
             let policy: ClientCertPolicy = t.clientCert == .require ? .require : (t.clientCert == .optional ? .optional : .none)
-            // HTTP/1.1 only over TLS until HTTP/2 is wired: advertising h2 would break clients.
             let config = TLSServerConfig(certChainPath: t.cert, keyPath: t.key, clientCAPath: t.clientCA, clientCert: policy,
-                                         minVersion: t.minVersion == "1.3" ? .tls13 : .tls12, alpn: ["http/1.1"])
+                                         minVersion: t.minVersion == "1.3" ? .tls13 : .tls12, alpn: ["h2", "http/1.1"])
             do {
                 tls = try TLSServerContext(config)
             } catch {

@@ -3,13 +3,14 @@ import Glibc
 #endif
 import EventLoop
 import HTTP1
+import HTTP2
 import OutriderCore
 import TLS
 
 /// One client connection speaking HTTP/1.x. It parses requests one at a time and hands each
 /// to an `Exchange`, which talks to the upstream. Pipelined requests wait, unparsed, in
 /// `pending` until the exchange before them has finished, so responses go out in order.
-final class DownstreamConnection: EventHandler {
+final class DownstreamConnection: EventHandler, ExchangeDownstream, ClientConnection {
     enum State {
         /// Between requests or reading a request head/body.
         case http
@@ -46,6 +47,15 @@ final class DownstreamConnection: EventHandler {
     private var writable = true
     /// Set while the upstream cannot take more request bytes (backpressure).
     var readPaused = false
+    /// How the current response body is written: as received (Content-Length), re-chunked,
+    /// or delimited by closing the connection (HTTP/1.0 clients).
+    private enum ResponseFraming { case none, asIs, chunked, untilClose }
+    private var responseFraming: ResponseFraming = .none
+    /// The HTTP version of the request being answered.
+    private var requestVersion: HTTPVersion = .http11
+    /// Whether the first bytes told HTTP/1.x from the HTTP/2 connection preface yet.
+    private var protocolDecided = false
+
     /// True while a complete request waits for its response: further input stays unparsed.
     private var awaitingResponse = false
     private(set) var exchange: Exchange?
@@ -203,6 +213,27 @@ final class DownstreamConnection: EventHandler {
     /// The x-forwarded-client-cert element for this connection's verified client, if any.
     private(set) var forwardedClientCert: String?
 
+    /// Hands the socket (and TLS state) to an HTTP/2 connection; this object retires.
+    private func switchToHTTP2(initial: [UInt8]) {
+        let h2: HTTP2Connection
+        do {
+            h2 = try HTTP2Connection(fd: fd, worker: worker, listener: listener, peer: peer, peerPort: peerPort,
+                                     peerDescription: peerDescription, tls: tls, peerCertificate: peerCertificate,
+                                     forwardedClientCert: forwardedClientCert)
+        } catch {
+            Diagnostics.log(.error, "cannot start HTTP/2 for \(peerDescription): \(error)")
+            close()
+            return
+        }
+        // TLS bytes already encrypted for the client go out first.
+        flush()
+        state = .closed
+        pending = []
+        worker.loop.replaceHandler(fd: fd, with: h2)
+        worker.connectionHandedOver(from: self, to: h2)
+        h2.start(initial: initial)
+    }
+
     private func handshakeCompleted(_ tls: TLSConnection) {
         peerCertificate = tls.peer
         if let peer = tls.peer {
@@ -254,6 +285,20 @@ final class DownstreamConnection: EventHandler {
         case .http:
             break
         }
+        if !protocolDecided {
+            // One port serves HTTP/1.1 and HTTP/2 (h2c with prior knowledge, or h2 chosen by ALPN):
+            // the connection preface tells them apart.
+            switch HTTP2Preface.classify(bytes) {
+            case .needMore:
+                return   // all of it stays pending
+            case .http2:
+                offset = bytes.count
+                switchToHTTP2(initial: Array(bytes))
+                return
+            case .http1:
+                protocolDecided = true
+            }
+        }
         // Keep asking the parser even with no bytes left: an `.end` can follow the last body byte.
         while !awaitingResponse && state == .http && !readPaused {
             if exchange == nil && parser.isIdle {
@@ -302,6 +347,7 @@ final class DownstreamConnection: EventHandler {
             if let l = snap.listeners[listener.name] { listener = l }
         }
         if !keepAlive || worker.draining { closeAfterResponse = true }
+        requestVersion = head.version
         let ex = Exchange(downstream: self, snapshot: snap, listener: listener, head: head, framing: framing,
                           clientKeepAlive: keepAlive, upgrade: upgrade, startWall: requestStartWall, startMono: requestStartMono)
         exchange = ex
@@ -332,7 +378,9 @@ final class DownstreamConnection: EventHandler {
     /// pipelined requests (edge-triggered epoll will not report bytes we already know about).
     func resumeInput() {
         guard state != .closed, !readPaused else { return }
-        if !pending.isEmpty && !awaitingResponse {
+        // Even with nothing buffered: the parser may owe an `.end` for a body whose last byte
+        // was taken just as the pause began.
+        if (!pending.isEmpty || exchange != nil) && !awaitingResponse && state == .http {
             let held = pending
             pending = []
             held.withUnsafeBytes { processBatch($0) }
@@ -383,7 +431,55 @@ final class DownstreamConnection: EventHandler {
 
     // MARK: output
 
-    func write(_ bytes: UnsafeRawBufferPointer) { out.append(bytes) }
+    func sendContinue() { out.append("HTTP/1.1 100 Continue\r\n\r\n") }
+
+    /// HTTP/1.1 framing of the response: Content-Length bodies go as they are; chunked and
+    /// close-delimited ones are re-chunked for HTTP/1.1 clients and close-delimited for 1.0.
+    func sendResponseHead(_ head: ResponseHead, framing: BodyFraming) {
+        var r = head
+        r.version = .http11
+        switch framing {
+        case .none:
+            responseFraming = .none
+        case .contentLength:
+            responseFraming = .asIs
+        case .chunked, .untilClose:
+            if requestVersion == .http11 {
+                responseFraming = .chunked
+                r.headers.add(name: "transfer-encoding", value: "chunked")
+            } else {
+                responseFraming = .untilClose
+                closeAfterResponse = true
+            }
+        }
+        if closeAfterResponse {
+            r.headers.add(name: "connection", value: "close")
+        } else if requestVersion == .http10 {
+            r.headers.add(name: "connection", value: "keep-alive")
+        }
+        HTTP1Serializer.writeResponseHead(r, into: &out)
+    }
+
+    func sendResponseBody(_ bytes: UnsafeRawBufferPointer) {
+        switch responseFraming {
+        case .chunked: HTTP1Serializer.writeChunk(bytes, into: &out)
+        case .asIs, .untilClose: out.append(bytes)
+        case .none: return
+        }
+    }
+
+    func sendResponseEnd(trailers: HTTPHeaders) {
+        if responseFraming == .chunked { HTTP1Serializer.writeLastChunk(trailers: trailers, into: &out) }
+    }
+
+    func sendUpgradeHead(_ head: ResponseHead) {
+        var r = head
+        r.version = .http11
+        HTTP1Serializer.writeResponseHead(r, into: &out)
+    }
+
+    func sendTunnelBytes(_ bytes: UnsafeRawBufferPointer) { out.append(bytes) }
+
 
     /// Writes buffered output; on success below the low watermark, resumes a paused upstream.
     func flush() {

@@ -10,10 +10,7 @@ import OutriderCore
 /// body, relays the response back, and writes the access-log line when done. It keeps the
 /// config snapshot it started with, so a reload never changes a request in flight.
 final class Exchange {
-    /// How the response body is written to the client.
-    private enum DownstreamFraming { case none, asIs, chunked, untilClose }
-
-    let downstream: DownstreamConnection
+    let downstream: any ExchangeDownstream
     let snapshot: ConfigSnapshot
     let listener: ListenerRuntime
     private var worker: Worker { downstream.worker }
@@ -34,7 +31,6 @@ final class Exchange {
     private var responseHeadSent = false
     private var finished = false
     private var retried = false
-    private var downFraming: DownstreamFraming = .none
     private var upstreamKeepAlive = false
     private var responseStatus = 0
     private var upstreamSentAt: UInt64 = 0
@@ -46,7 +42,7 @@ final class Exchange {
     private var tunnelDownClosed = false
     private var tunnelUpClosed = false
 
-    init(downstream: DownstreamConnection, snapshot: ConfigSnapshot, listener: ListenerRuntime, head: RequestHead,
+    init(downstream: any ExchangeDownstream, snapshot: ConfigSnapshot, listener: ListenerRuntime, head: RequestHead,
          framing: BodyFraming, clientKeepAlive: Bool, upgrade: String?, startWall: UInt64, startMono: UInt64) {
         self.downstream = downstream
         self.snapshot = snapshot
@@ -187,7 +183,7 @@ final class Exchange {
                                        clientCert: downstream.forwardedClientCert, record: &record)
         if expectsContinue {
             // The filters accepted the head: now the client may send its body.
-            downstream.out.append("HTTP/1.1 100 Continue\r\n\r\n")
+            downstream.sendContinue()
         }
         // A request with a body goes upstream once its first body bytes parse, so a request
         // whose framing breaks at once (a bad first chunk size) never reaches the workload.
@@ -349,30 +345,10 @@ final class Exchange {
         }
         responseStatus = r.status
         upstreamKeepAlive = keepAlive
-        r.version = .http11
         removeHopByHopHeaders(&r.headers)
-        switch framing {
-        case .none:
-            downFraming = .none
-        case .contentLength:
-            downFraming = .asIs
-        case .chunked, .untilClose:
-            if clientVersion == .http11 {
-                downFraming = .chunked
-                r.headers.add(name: "transfer-encoding", value: "chunked")
-            } else {
-                downFraming = .untilClose
-                downstream.closeAfterResponse = true
-            }
-        }
         if worker.draining { downstream.closeAfterResponse = true }
-        if downstream.closeAfterResponse {
-            r.headers.add(name: "connection", value: "close")
-        } else if clientVersion == .http10 {
-            r.headers.add(name: "connection", value: "keep-alive")
-        }
         if !r.headers.contains("x-request-id") { r.headers.add(name: "x-request-id", value: record.requestID) }
-        HTTP1Serializer.writeResponseHead(r, into: &downstream.out)
+        downstream.sendResponseHead(r, framing: framing)
         responseHeadSent = true
     }
 
@@ -380,17 +356,13 @@ final class Exchange {
         guard !finished, responseHeadSent, let up = upstream else { return }
         bodyBytesOut &+= UInt64(bytes.count)
         chain?.responseBody(bytes, endStream: false)
-        switch downFraming {
-        case .chunked: HTTP1Serializer.writeChunk(bytes, into: &downstream.out)
-        case .asIs, .untilClose: downstream.out.append(bytes)
-        case .none: return
-        }
+        downstream.sendResponseBody(bytes)
         if downstream.outputAboveHighWatermark { up.readPaused = true }
     }
 
     func upstreamResponseEnd(trailers: HTTPHeaders) {
         guard !finished, responseHeadSent else { return }
-        if downFraming == .chunked { HTTP1Serializer.writeLastChunk(trailers: trailers, into: &downstream.out) }
+        downstream.sendResponseEnd(trailers: trailers)
         if let c = chain?.context { c.upstreamEndWallNanos = wallClockNanos() }
         let reusable = upstreamKeepAlive && requestDone
         if let up = upstream {
@@ -445,7 +417,7 @@ final class Exchange {
         removeHopByHopHeaders(&r.headers)
         r.headers.add(name: "connection", value: "upgrade")
         r.headers.add(name: "upgrade", value: head.headers.first("upgrade") ?? u)
-        HTTP1Serializer.writeResponseHead(r, into: &downstream.out)
+        downstream.sendUpgradeHead(r)
         responseHeadSent = true
         tunnelActive = true
         up.tunnel = true
@@ -463,7 +435,7 @@ final class Exchange {
     func tunnelFromUpstream(_ bytes: UnsafeRawBufferPointer) {
         guard let up = upstream else { return }
         bodyBytesOut &+= UInt64(bytes.count)
-        downstream.out.append(bytes)
+        downstream.sendTunnelBytes(bytes)
         if downstream.outputAboveHighWatermark { up.readPaused = true }
     }
 

@@ -166,7 +166,9 @@ final class UpstreamConnection: EventHandler {
     /// new, and edge-triggered epoll will not report them again), then the socket.
     func resumeInput() {
         guard !isClosed, !readPaused else { return }
-        if !pending.isEmpty {
+        // Even with nothing buffered: the parser may owe an `.end` for a body whose last byte
+        // was taken just as the pause began.
+        if exchange != nil {
             let held = pending
             pending = []
             held.withUnsafeBytes { processBatch($0) }

@@ -26,7 +26,7 @@ final class Worker {
     var logBuffer: [UInt8] = []
 
     private var listeners: [ListenerHandler] = []
-    private var connections: [ObjectIdentifier: DownstreamConnection] = [:]
+    private var connections: [ObjectIdentifier: any ClientConnection] = [:]
     private var pools: [String: UpstreamPool] = [:]
     private(set) var draining = false
     private var reportedDrained = false
@@ -106,11 +106,18 @@ final class Worker {
         startupListeners[name]
     }
 
-    func connectionClosed(_ c: DownstreamConnection) {
+    func connectionClosed(_ c: any ClientConnection) {
         if connections.removeValue(forKey: ObjectIdentifier(c)) != nil {
             c.listener.stats.connectionsActive.add(-1, shard: index)
         }
         if draining { checkDrained() }
+    }
+
+    /// The same TCP connection continues under another protocol handler (HTTP/1.1 → HTTP/2).
+    func connectionHandedOver(from old: any ClientConnection, to new: any ClientConnection) {
+        guard connections.removeValue(forKey: ObjectIdentifier(old)) != nil else { return }
+        connections[ObjectIdentifier(new)] = new
+        if draining { new.drain() }
     }
 
     // MARK: upstream pools
