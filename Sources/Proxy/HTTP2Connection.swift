@@ -186,7 +186,6 @@ final class HTTP2Connection: EventHandler, ClientConnection {
                           clientKeepAlive: true, upgrade: nil, startWall: wallClockNanos(), startMono: now)
         stream.exchange = ex
         ex.start(expectsContinue: false)
-        if endStream { stream.requestEnded = true }
     }
 
     func streamFinished(_ id: Int32) {
@@ -279,7 +278,6 @@ final class HTTP2Stream: ExchangeDownstream {
     let id: Int32
     unowned let connection: HTTP2Connection
     var exchange: Exchange?
-    var requestEnded = false
     /// Request DATA received while the exchange could not take it (a filter paused the
     /// stream, or the upstream is behind). Bounded by the stream's flow-control window, which
     /// stays closed for these bytes until they are delivered.
@@ -327,7 +325,6 @@ final class HTTP2Stream: ExchangeDownstream {
     }
 
     private func end(trailers: HTTPHeaders) {
-        requestEnded = true
         exchange?.requestEnd(trailers: trailers)
     }
 
@@ -380,11 +377,9 @@ final class HTTP2Stream: ExchangeDownstream {
         if let requestID { head.headers.add(name: "x-request-id", value: requestID) }
         connection.session.sendResponseHead(streamID: id, head, endStream: false)
         let body = Array(reply.body.utf8)
+        // No RST_STREAM even when the body is still coming: nghttp2 would send the reset ahead
+        // of the queued reply. Body bytes that arrive later are acknowledged and dropped.
         body.withUnsafeBytes { connection.session.sendData(streamID: id, $0, endStream: true) }
-        if !requestEnded {
-            // Answered before the body arrived: the rest of it is not wanted (RFC 9113 §8.1).
-            connection.session.resetStream(streamID: id, errorCode: HTTP2ErrorCode.noError)
-        }
     }
 
     var outputAboveHighWatermark: Bool {
