@@ -427,6 +427,12 @@ TARGETS: list[Target] = [
     mode: enforce
     rules: {repo}/filters/ratelimit/examples/never-triggers.yaml
 """),
+    Target("outrider+waf", start_outrider, note="WAF: OWASP CRS 3.3.4 at PL1, enforce (benign GET)", filters="""
+  - name: waf
+    mode: enforce
+    rules:
+      - {repo}/filters/waf/base.conf
+"""),
     Target("outrider+tracing", start_outrider, collector=True,
            note="tracing filter, sampling 100%, exporting to a real collector (rotel)", filters="""
   - name: tracing
