@@ -63,6 +63,14 @@ enum Collection: String, Sendable, CaseIterable {
     case fullRequestLength = "FULL_REQUEST_LENGTH", pathInfo = "PATH_INFO", authType = "AUTH_TYPE", time = "TIME", timeEpoch = "TIME_EPOCH"
     case urlencodedError = "URLENCODED_ERROR", webAppID = "WEBAPPID"
 
+    /// Dense case number (0..<allCases.count), for array-indexed per-collection state.
+    /// (A payload-free enum of fewer than 256 cases is stored as its case number in one byte.)
+    @inline(__always) var ordinal: Int { Int(unsafeBitCast(self, to: UInt8.self)) }
+
+    /// Hash and compare by case, not by the raw String (the RawRepresentable defaults).
+    func hash(into h: inout Hasher) { h.combine(ordinal) }
+    @inline(__always) static func == (a: Collection, b: Collection) -> Bool { a.ordinal == b.ordinal }
+
     /// Collections with keys (REQUEST_HEADERS:Host); the others are scalars.
     var isKeyed: Bool {
         switch self {
@@ -119,12 +127,10 @@ struct Macro: Sendable {
     }
     let parts: [Part]
     let text: String
-    var isConstant: Bool { parts.allSatisfy { if case .literal = $0 { return true } else { return false } } }
-    var constant: Bytes {
-        var out: Bytes = []
-        for p in parts { if case .literal(let b) = p { out += b } }
-        return out
-    }
+    /// No macros: the expansion is `constant`, computed once at load.
+    let isConstant: Bool
+    /// The literal parts joined (the whole expansion when `isConstant`).
+    let constant: Bytes
 
     init(_ s: String) {
         text = s
@@ -148,6 +154,10 @@ struct Macro: Sendable {
         }
         if !lit.isEmpty { parts.append(.literal(lit)) }
         self.parts = parts
+        isConstant = parts.allSatisfy { if case .literal = $0 { return true } else { return false } }
+        var c: Bytes = []
+        for p in parts { if case .literal(let b) = p { c += b } }
+        constant = c
     }
 
     static func split(_ name: String) -> (String, String?) {
@@ -175,12 +185,16 @@ enum OperatorKind: Sendable {
     case unsupported(String)
 }
 
-struct Operator: Sendable {
-    var kind: OperatorKind
-    var negated: Bool
+/// A class so that evaluating a rule passes one reference instead of copying the payloads.
+final class Operator: Sendable {
+    let kind: OperatorKind
+    let negated: Bool
     /// The parameter (macros expanded per request when not constant).
-    var param: Macro
-    var name: String
+    let param: Macro
+    let name: String
+    init(kind: OperatorKind, negated: Bool, param: Macro, name: String) {
+        self.kind = kind; self.negated = negated; self.param = param; self.name = name
+    }
 }
 
 enum Disruptive: Sendable, Equatable {

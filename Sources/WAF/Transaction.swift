@@ -87,6 +87,20 @@ struct VarStore {
     mutating func remove(_ key: Bytes) { map[keyString(key)] = nil }
 }
 
+/// Per-collection variable stores, indexed by collection case (no hashing).
+struct CollectionMap {
+    static let size = Collection.allCases.count
+    var slots = [VarStore](repeating: VarStore(), count: CollectionMap.size)
+    subscript(_ c: Collection) -> VarStore? {
+        get { slots[c.ordinal] }
+        set { slots[c.ordinal] = newValue ?? VarStore() }
+    }
+    subscript(_ c: Collection, default d: @autoclosure () -> VarStore) -> VarStore {
+        get { slots[c.ordinal] }
+        _modify { yield &slots[c.ordinal] }
+    }
+}
+
 /// One request's evaluation state (ModSecurity's Transaction). Confined to one thread.
 public final class Transaction {
     let rs: RuleSet
@@ -127,7 +141,7 @@ public final class Transaction {
     var bodyLimitExceeded = false
     var flags: [Collection: Int] = [:]
     var reqbodyErrorMsg: Bytes = []
-    var collections: [Collection: VarStore] = [:]
+    var collections = CollectionMap()
 
     // Response.
     var responseStatus: Bytes = []
@@ -151,7 +165,9 @@ public final class Transaction {
     public private(set) var intervention: Intervention?
     /// Every matched rule (chain starter) in order.
     public private(set) var matches: [RuleMatch] = []
-    var cache: [Int: Bytes] = [:]
+    /// Transformation results per value id: small (chain id, result) lists, scanned linearly.
+    var tcache: [[(Int, Bytes)]] = []
+    var tcacheFixed: [[(Int, Bytes)]] = []
     var nextID = 0
     var phasesRun = Set<Int>()
 
@@ -356,14 +372,22 @@ public final class Transaction {
     /// Evaluates a rule and its chain; on a full match runs the non-disruptive actions
     /// (last link first, as ModSecurity v3 does) and returns true.
     func evaluateChain(_ starter: Rule) -> Bool {
-        var links: [Rule] = []
+        var depth = 0
         var link: Rule? = starter
         while let l = link {
             guard evaluate(l, starter: starter) else { return false }
-            links.append(l)
+            depth += 1
             link = l.chained
         }
-        for l in links.reversed() { runActions(l, setvars: false) }
+        // Last link first: walk to link k for k = depth-1 ... 0 (chains are short).
+        var k = depth - 1
+        while k >= 0 {
+            var l: Rule? = starter
+            var n = 0
+            while n < k, let cur = l { l = cur.chained; n += 1 }
+            if let l { runActions(l, setvars: false) }
+            k -= 1
+        }
         return true
     }
 
@@ -383,23 +407,28 @@ public final class Transaction {
             for (t, e) in targetRemovalsByTag where starter.tags.contains(where: { Loader.tagMatches(t, $0) }) { exclusions.append(e) }
         }
         var matched = false
-        for t in r.targets {
-            let values = collect(t, exclusions: exclusions)
-            for v in values {
-                if r.multiMatch {
+        let op = r.op, capture = r.capture
+        if r.multiMatch {
+            let transforms = r.transforms
+            for t in r.targets {
+                collect(t, exclusions: exclusions) { v in
                     var cur = v.value
-                    if execute(r.op, cur, capture: r.capture) { noteMatch(v, cur, r); matched = true; continue }
+                    if execute(op, cur, capture: capture) { noteMatch(v, cur, r); matched = true; return }
                     var hit = false
-                    for tr in r.transforms {
+                    for tr in transforms {
                         let next = tr.apply(cur)
                         if next == cur { continue }
                         cur = next
-                        if execute(r.op, cur, capture: r.capture) { hit = true; break }
+                        if execute(op, cur, capture: capture) { hit = true; break }
                     }
                     if hit { noteMatch(v, cur, r); matched = true }
-                } else {
+                }
+            }
+        } else {
+            for t in r.targets {
+                collect(t, exclusions: exclusions) { v in
                     let tv = transformed(v, r)
-                    if execute(r.op, tv, capture: r.capture) { noteMatch(v, tv, r); matched = true }
+                    if execute(op, tv, capture: capture) { noteMatch(v, tv, r); matched = true }
                 }
             }
         }
@@ -417,11 +446,26 @@ public final class Transaction {
     func transformed(_ v: Value, _ r: Rule) -> Bytes {
         if r.transforms.isEmpty { return v.value }
         if v.id >= 0 {
-            let key = v.id &* 1024 &+ r.transformChainID
-            if let c = cache[key] { return c }
+            // Entries (ids 1..<1_000_000) in one table; scalars (1_000_000+k) and XML attributes (2_000_000+k) in the other.
+            let fixed = v.id >= 1_000_000
+            let slot = v.id < 1_000_000 ? v.id : v.id < 2_000_000 ? v.id - 1_000_000 : v.id - 2_000_000 + 64
+            let chain = r.transformChainID
+            if fixed {
+                if slot < tcacheFixed.count {
+                    for (c, b) in tcacheFixed[slot] where c == chain { return b }
+                } else {
+                    tcacheFixed.append(contentsOf: repeatElement([], count: slot + 1 - tcacheFixed.count))
+                }
+            } else {
+                if slot < tcache.count {
+                    for (c, b) in tcache[slot] where c == chain { return b }
+                } else {
+                    tcache.append(contentsOf: repeatElement([], count: slot + 1 - tcache.count))
+                }
+            }
             var cur = v.value
             for t in r.transforms { cur = t.apply(cur) }
-            cache[key] = cur
+            if fixed { tcacheFixed[slot].append((chain, cur)) } else { tcache[slot].append((chain, cur)) }
             return cur
         }
         var cur = v.value
@@ -433,30 +477,41 @@ public final class Transaction {
 
     func collect(_ t: Target, exclusions: [Exclusion]) -> [Value] {
         var out: [Value] = []
+        collect(t, exclusions: exclusions) { out.append($0) }
+        return out
+    }
+
+    /// Calls `body` with every value the target selects (no list built), or once with the count for `&`.
+    func collect(_ t: Target, exclusions: [Exclusion], _ visit: (Value) -> Void) {
+        var count = 0
+        let counting = t.count
+        func out(_ v: Value) { if counting { count += 1 } else { visit(v) } }
         func keyed(_ list: [Entry], _ c: Collection, names: Bool = false, reportAs: Collection? = nil) {
-            for e in list {
+            for i in list.indices {
+                if case .exact(let k) = t.key, list[i].keyLower != k { continue }
+                let e = list[i]
                 guard t.key.matches(e.keyLower, e.key) else { continue }
                 if !exclusions.isEmpty, exclusions.contains(where: { x in x.excludes(c, e.keyLower, e.key) || (reportAs.map { r in x.excludes(r, e.keyLower, e.key) } ?? false) }) { continue }
-                out.append(Value(collection: reportAs ?? c, key: e.key, value: names ? e.key : e.value, id: names ? -1 : e.id))
+                out(Value(collection: reportAs ?? c, key: e.key, value: names ? e.key : e.value, id: names ? -1 : e.id))
             }
         }
         func store(_ c: Collection) {
             guard let s = collections[c] else { return }
             if case .exact(let k) = t.key {
                 if let kv = s.map[k], exclusions.isEmpty || !exclusions.contains(where: { $0.excludes(c, k, kv.key) }) {
-                    out.append(Value(collection: c, key: kv.key, value: kv.value, id: -1))
+                    out(Value(collection: c, key: kv.key, value: kv.value, id: -1))
                 }
                 return
             }
             for (kl, kv) in s.map {
                 guard t.key.matches(kl, kv.key) else { continue }
                 if !exclusions.isEmpty, exclusions.contains(where: { $0.excludes(c, kl, kv.key) }) { continue }
-                out.append(Value(collection: c, key: kv.key, value: kv.value, id: -1))
+                out(Value(collection: c, key: kv.key, value: kv.value, id: -1))
             }
         }
         func scalar(_ v: Bytes, id: Int = -1) {
             if !exclusions.isEmpty, exclusions.contains(where: { $0.collection == t.collection }) { return }
-            out.append(Value(collection: t.collection, key: nil, value: v, id: id))
+            out(Value(collection: t.collection, key: nil, value: v, id: id))
         }
         func flag(_ c: Collection) { scalar((flags[c] ?? 0).bytes) }
         switch t.collection {
@@ -478,7 +533,7 @@ public final class Transaction {
         case .filesCombinedSize: scalar(filesSizes.reduce(0) { $0 + parseLeadingInt($1.value) }.bytes)
         case .multipartPartHeaders: keyed(partHeaders, .multipartPartHeaders)
         case .multipartName: keyed(argsPost, .multipartName, names: true)
-        case .multipartFilename: for f in files { out.append(Value(collection: .multipartFilename, key: f.key, value: f.value, id: -1)) }
+        case .multipartFilename: for f in files { out(Value(collection: .multipartFilename, key: f.key, value: f.value, id: -1)) }
         case .responseHeaders: keyed(responseHeaders, .responseHeaders)
         case .responseHeadersNames: keyed(responseHeaders, .responseHeadersNames, names: true)
         case .matchedVars: keyed(matchedVars, .matchedVars)
@@ -486,14 +541,14 @@ public final class Transaction {
         case .tx, .ip, .global, .session, .user, .resource, .geo, .env: store(t.collection)
         case .xml:
             if case .exact("@") = t.key {
-                for (k, a) in xmlAttributes.enumerated() { out.append(Value(collection: .xml, key: Array("//@*".utf8), value: a, id: 2_000_000 + k)) }
+                for (k, a) in xmlAttributes.enumerated() { out(Value(collection: .xml, key: Array("//@*".utf8), value: a, id: 2_000_000 + k)) }
             } else if let x = xmlText { scalar(x, id: 1_000_000) }
         case .rule:
             if let r = currentRule, case .exact(let k) = t.key {
                 switch k {
-                case "id": out.append(Value(collection: .rule, key: Array("id".utf8), value: r.id.bytes, id: -1))
-                case "msg": out.append(Value(collection: .rule, key: Array("msg".utf8), value: r.msg.map { expand($0) } ?? [], id: -1))
-                case "severity": out.append(Value(collection: .rule, key: Array("severity".utf8), value: (r.severity ?? 0).bytes, id: -1))
+                case "id": out(Value(collection: .rule, key: Array("id".utf8), value: r.id.bytes, id: -1))
+                case "msg": out(Value(collection: .rule, key: Array("msg".utf8), value: r.msg.map { expand($0) } ?? [], id: -1))
+                case "severity": out(Value(collection: .rule, key: Array("severity".utf8), value: (r.severity ?? 0).bytes, id: -1))
                 default: break
                 }
             }
@@ -541,8 +596,7 @@ public final class Transaction {
              .multipartCRLFLFLines, .inboundDataError, .outboundDataError, .urlencodedError:
             flag(t.collection)
         }
-        if t.count { return [Value(collection: t.collection, key: nil, value: out.count.bytes, id: -1)] }
-        return out
+        if counting { visit(Value(collection: t.collection, key: nil, value: count.bytes, id: -1)) }
     }
 
     // MARK: macros
@@ -625,7 +679,7 @@ public final class Transaction {
         case .rx, .pm, .validateByteRange, .ipMatch, .detectSQLi, .detectXSS, .unconditional, .noMatch, .unsupported, .validateUrlEncoding, .validateUtf8Encoding:
             param = []
         default:
-            param = op.param.isConstant ? op.param.constant : expand(op.param)
+            param = op.param.isConstant ? op.param.constant : expand(op.param)  // constant: stored at load
         }
         var r: Bool
         switch op.kind {
