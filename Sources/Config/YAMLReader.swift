@@ -1,12 +1,14 @@
 import Yams
 
 /// Turns YAML text into a `ConfigNode` tree, or a diagnostic with the line of the problem.
-enum YAMLReader {
+public enum YAMLReader {
     /// Aliases are expanded into copies; this bound stops a "billion laughs" document from
     /// expanding into an unbounded tree.
     static let maxNodes = 100_000
 
-    static func read(text: String, file: String) -> Result<ConfigNode?, ConfigDiagnostic> {
+    /// Also the door for rule files that filters read (rate-limit rules, mTLS policy), so every
+    /// YAML file Outrider reads has the same scalar rules and line numbers.
+    public static func read(text: String, file: String) -> Result<ConfigNode?, ConfigDiagnostic> {
         let root: Node?
         do {
             // The basic resolver: scalars are typed by ConfigNode's core schema, not Yams' YAML 1.1
