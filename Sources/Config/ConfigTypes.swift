@@ -100,16 +100,42 @@ public struct ListenerConfig: Sendable, Equatable {
     public var upstream: SocketAddressSpec
     /// TLS termination on this listener; nil = plaintext.
     public var tls: ListenerTLSConfig?
+    /// TLS (optionally mTLS) from Outrider to the workload; nil = plaintext upstream.
+    public var upstreamTLS: UpstreamTLSConfig?
     /// Line of the listener's entry in the config file (0 when built in code).
     public var line: Int
 
-    public init(name: String, address: SocketAddressSpec, upstream: SocketAddressSpec, tls: ListenerTLSConfig? = nil, line: Int = 0) {
+    public init(name: String, address: SocketAddressSpec, upstream: SocketAddressSpec, tls: ListenerTLSConfig? = nil,
+                upstreamTLS: UpstreamTLSConfig? = nil, line: Int = 0) {
         self.name = name
         self.address = address
         self.upstream = upstream
         self.tls = tls
+        self.upstreamTLS = upstreamTLS
         self.line = line
     }
+}
+
+/// A listener's `upstream_tls:` block: Outrider speaks TLS to the workload.
+/// ```yaml
+/// upstream_tls:
+///   ca: /etc/outrider/tls/upstream-ca.crt   # verifies the workload's certificate
+///   cert: /etc/outrider/tls/client.crt      # optional client certificate (mTLS to the workload)
+///   key: /etc/outrider/tls/client.key
+///   server_name: workload.local             # SNI and the name checked (default: the upstream host)
+///   verify: true                            # false: encrypt without checking (testing only)
+/// ```
+public struct UpstreamTLSConfig: Sendable, Equatable {
+    public var ca: String?
+    public var cert: String?
+    public var key: String?
+    public var serverName: String?
+    public var verify: Bool
+    public var line: Int
+    public init(ca: String? = nil, cert: String? = nil, key: String? = nil, serverName: String? = nil, verify: Bool = true, line: Int = 0) {
+        self.ca = ca; self.cert = cert; self.key = key; self.serverName = serverName; self.verify = verify; self.line = line
+    }
+    public var files: [String] { [ca, cert, key].compactMap { $0 } }
 }
 
 /// A listener's `tls:` block. Paths are resolved against the config file's directory.

@@ -132,7 +132,7 @@ struct Validator {
                 error(at: item, "listener #\(index + 1) must be a map with name, address and upstream, not \(item.kindDescription)")
                 continue
             }
-            let fs = fields(of: item, known: ["name", "address", "upstream", "tls"], context: "in listener")
+            let fs = fields(of: item, known: ["name", "address", "upstream", "tls", "upstream_tls"], context: "in listener")
             var label = "listener #\(index + 1)"
             var name: String?
             if let n = fs["name"] {
@@ -154,6 +154,8 @@ struct Validator {
             if let u = fs["upstream"] { upstream = self.address(u, what: "\(label): upstream") }
             var tls: ListenerTLSConfig?
             if let t = fs["tls"] { tls = self.tls(t, label: label) }
+            var upstreamTLS: UpstreamTLSConfig?
+            if let t = fs["upstream_tls"] { upstreamTLS = self.upstreamTLS(t, label: label) }
             for required in ["name", "address", "upstream"] where fs[required] == nil {
                 error(item.line, item.column, "\(label): missing required key '\(required)'")
             }
@@ -162,7 +164,8 @@ struct Validator {
                     error(fs["upstream"]?.line ?? item.line, 0,
                           "\(label): upstream \(upstream) is the listener's own address (requests would loop)")
                 }
-                result.append(ListenerConfig(name: name, address: address, upstream: upstream, tls: tls, line: item.line))
+                result.append(ListenerConfig(name: name, address: address, upstream: upstream, tls: tls,
+                                             upstreamTLS: upstreamTLS, line: item.line))
             }
         }
         // Addresses are checked after the whole list is read so each pair is reported once.
@@ -209,6 +212,39 @@ struct Validator {
         }
         guard let cert, let key else { return nil }
         return ListenerTLSConfig(cert: cert, key: key, clientCA: ca, clientCert: policy, minVersion: minVersion, line: f.line)
+    }
+
+    /// A listener's `upstream_tls:` block.
+    private mutating func upstreamTLS(_ f: Field, label: String) -> UpstreamTLSConfig? {
+        guard f.node.mapEntries != nil else {
+            error(f.line, f.column, "\(label): upstream_tls must be a map (ca, cert, key, server_name, verify), not \(f.node.kindDescription)")
+            return nil
+        }
+        let fs = fields(of: f.node, known: ["ca", "cert", "key", "server_name", "verify"], context: "in upstream_tls")
+        func path(_ key: String) -> String? {
+            guard let v = fs[key] else { return nil }
+            guard let s = v.node.stringValue, !s.isEmpty else {
+                error(v.line, v.column, "\(label): upstream_tls.\(key) must be a file path")
+                return nil
+            }
+            return s.hasPrefix("/") ? s : configDirectory + s
+        }
+        var verify = true
+        if let v = fs["verify"] {
+            if let b = v.node.boolValue { verify = b } else { error(v.line, v.column, "\(label): upstream_tls.verify must be true or false") }
+        }
+        var serverName: String?
+        if let n = fs["server_name"] {
+            if let s = n.node.stringValue, !s.isEmpty { serverName = s } else { error(n.line, n.column, "\(label): upstream_tls.server_name must be a host name") }
+        }
+        let ca = path("ca"), cert = path("cert"), key = path("key")
+        if (cert == nil) != (key == nil) {
+            error(f.line, f.column, "\(label): upstream_tls: cert and key go together (a client certificate needs its key)")
+        }
+        if verify && ca == nil {
+            error(f.line, f.column, "\(label): upstream_tls: ca is required to verify the workload (or set verify: false)")
+        }
+        return UpstreamTLSConfig(ca: ca, cert: cert, key: key, serverName: serverName, verify: verify, line: f.line)
     }
 
     private mutating func timeouts(_ map: ConfigNode) -> Timeouts {

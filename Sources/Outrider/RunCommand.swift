@@ -139,7 +139,9 @@ final class Controller: Sendable {
     /// (rotation: a changed certificate reloads like a changed config).
     static func watchedFiles(_ path: String, _ c: OutriderConfig) -> [String] {
         var files = [path] + FilterRegistry.watchedFiles(c.filters)
-        for l in c.listeners { for f in l.tls?.files ?? [] where !files.contains(f) { files.append(f) } }
+        for l in c.listeners {
+            for f in (l.tls?.files ?? []) + (l.upstreamTLS?.files ?? []) where !files.contains(f) { files.append(f) }
+        }
         return files
     }
 

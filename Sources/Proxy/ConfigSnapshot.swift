@@ -17,6 +17,9 @@ public final class ListenerRuntime: Sendable {
     /// TLS termination: certificates and verification for new connections (nil: plaintext).
     /// A reload builds a new context from the files; connections keep the one they began with.
     let tls: TLSServerContext?
+    /// TLS toward the workload (nil: plaintext), and the name sent as SNI and verified.
+    let upstreamTLS: TLSClientContext?
+    let upstreamServerName: String?
     /// notAfter of the served certificate (Unix seconds), 0 without TLS.
     public var tlsCertificateNotAfter: UInt64 { tls?.certificateNotAfter ?? 0 }
 
@@ -41,6 +44,18 @@ public final class ListenerRuntime: Sendable {
             }
         } else {
             tls = nil
+        }
+        if let u = c.upstreamTLS {
+            let config = TLSClientConfig(caPath: u.ca, verifyPeer: u.verify, certChainPath: u.cert, keyPath: u.key, alpn: ["http/1.1"])
+            do {
+                upstreamTLS = try TLSClientContext(config)
+            } catch {
+                throw ConfigErrors([ConfigDiagnostic(file: file, line: u.line, message: "listener '\(c.name)': upstream_tls: \(error.message)")])
+            }
+            upstreamServerName = u.serverName ?? c.upstream.host
+        } else {
+            upstreamTLS = nil
+            upstreamServerName = nil
         }
     }
 }

@@ -228,7 +228,8 @@ final class Exchange {
             conn = idle
         } else {
             do {
-                conn = try UpstreamConnection(address: listener.upstream, worker: worker, pool: pool)
+                conn = try UpstreamConnection(address: listener.upstream, worker: worker, pool: pool,
+                                              tls: listener.upstreamTLS, serverName: listener.upstreamServerName)
             } catch {
                 connectFailure(errno: error.errno)
                 return

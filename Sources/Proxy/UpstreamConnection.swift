@@ -4,6 +4,7 @@ import Glibc
 import EventLoop
 import HTTP1
 import OutriderCore
+import TLS
 
 /// One TCP connection to the workload. While an exchange holds it, response bytes go to that
 /// exchange; while it idles in the pool, any input (or EOF) means the upstream closed it.
@@ -30,9 +31,21 @@ final class UpstreamConnection: EventHandler {
     /// Requests this connection carried; > 0 when taken from the pool.
     private(set) var requestsSent = 0
     private var releasePending = false
+    /// TLS to the workload (nil: plaintext). `out` and `pending` hold plaintext; `cipherOut`
+    /// what waits for the socket.
+    private let tls: TLSConnection?
+    private var cipherOut = ByteBuffer()
 
     /// Starts a non-blocking connect and registers with the worker's loop.
-    init(address: ResolvedAddress, worker: Worker, pool: UpstreamPool) throws(SystemError) {
+    init(address: ResolvedAddress, worker: Worker, pool: UpstreamPool,
+         tls context: TLSClientContext? = nil, serverName: String? = nil) throws(SystemError) {
+        if let context {
+            do { tls = try TLSConnection(client: context, serverName: serverName) } catch {
+                throw SystemError("TLS to \(address.spec): \(error.message)", errno: EPROTO)
+            }
+        } else {
+            tls = nil
+        }
         let (fd, done) = try Socket.connect(address)
         self.fd = fd
         self.worker = worker
@@ -47,6 +60,9 @@ final class UpstreamConnection: EventHandler {
             Glibc.close(fd)
             throw error
         }
+        // Connected at once (it happens on loopback): start the TLS handshake now, since no
+        // writability event will announce the connection.
+        if done, let tls { _ = tlsStep(tls) }
     }
 
     // MARK: exchange API
@@ -81,14 +97,29 @@ final class UpstreamConnection: EventHandler {
     func flush() {
         guard connected, !isClosed else { return }
         var sent: UInt64 = 0
-        if !flushBuffer(fd: fd, out: &out, writable: &writable, sent: &sent) {
+        let ok: Bool
+        if let tls {
+            // Plaintext waits in `out` until the handshake is done.
+            if !out.isEmpty && tls.isHandshakeComplete {
+                do { try out.withReadableBytes { try tls.writePlaintext($0) } } catch {
+                    failed(details: "upstream_tls_error")
+                    return
+                }
+                out.clear()
+            }
+            _ = tls.takeCiphertext(into: &cipherOut)
+            ok = flushBuffer(fd: fd, out: &cipherOut, writable: &writable, sent: &sent)
+        } else {
+            ok = flushBuffer(fd: fd, out: &out, writable: &writable, sent: &sent)
+        }
+        if !ok {
             failed(details: "upstream_reset")
             return
         }
         if out.readableBytes <= Watermark.low { exchange?.upstreamDrained() }
     }
 
-    var outputAboveHighWatermark: Bool { out.readableBytes > Watermark.high }
+    var outputAboveHighWatermark: Bool { out.readableBytes + cipherOut.readableBytes > Watermark.high }
 
     func close() {
         guard !isClosed else { return }
@@ -115,6 +146,7 @@ final class UpstreamConnection: EventHandler {
             guard events & IOEvent.writable != 0 else { return }
             connected = true
             writable = true
+            if let tls { if !tlsStep(tls) { return } }   // ClientHello
             flush()
         }
         if events & (IOEvent.error | IOEvent.hangup) != 0 && events & IOEvent.readable == 0 {
@@ -133,6 +165,7 @@ final class UpstreamConnection: EventHandler {
     }
 
     func readLoop() {
+        if let tls { readTLSLoop(tls); return }
         var rounds = 0
         while readable && !readPaused && !isClosed {
             rounds += 1
@@ -160,6 +193,70 @@ final class UpstreamConnection: EventHandler {
                 processBatch(bytes)
             }
         }
+    }
+
+    /// Reads ciphertext and hands the plaintext to the same processing as a plaintext connection.
+    private func readTLSLoop(_ tls: TLSConnection) {
+        var rounds = 0
+        while readable && !readPaused && !isClosed {
+            rounds += 1
+            if rounds > 16 {
+                worker.loop.deferWork { [self] in readLoop() }
+                return
+            }
+            guard exchange != nil || releasePending else { close(); return }
+            let r: IOResult<Int>
+            do { r = try Socket.read(fd, into: worker.scratch) } catch {
+                failed(details: "upstream_reset")
+                return
+            }
+            switch r {
+            case .wouldBlock:
+                readable = false
+            case .done(0):
+                readable = false
+                endOfStream()
+                return
+            case .done(let n):
+                if n < worker.scratch.count && !hangupSeen { readable = false }
+                tls.receive(UnsafeRawBufferPointer(rebasing: worker.scratch[0..<n]))
+                if !tlsStep(tls) { return }
+            }
+        }
+    }
+
+    /// Drives the handshake and decrypts what arrived; false when the connection failed.
+    private func tlsStep(_ tls: TLSConnection) -> Bool {
+        var plain = pending
+        pending = []
+        let had = plain.count
+        var closeNotify = false
+        do {
+            loop: while true {
+                switch try tls.readPlaintext(into: &plain) {
+                case .handshakeCompleted: continue
+                case .progress: continue
+                case .wantMoreInput: break loop
+                case .closeNotify: closeNotify = true; break loop
+                }
+            }
+        } catch {
+            Diagnostics.log(.warn, "upstream \(address.spec): TLS: \(error.message)")
+            pending = []
+            failed(details: "upstream_tls_error")
+            return false
+        }
+        flush()   // handshake records, and the request once the handshake is done
+        if plain.count > had {
+            plain.withUnsafeBytes { processBatch($0) }
+        } else {
+            pending = plain
+        }
+        if closeNotify && !isClosed {
+            endOfStream()
+            return false
+        }
+        return !isClosed
     }
 
     /// After backpressure lifts: first the bytes already buffered (the socket may have nothing

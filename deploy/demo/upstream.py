@@ -114,6 +114,12 @@ class Request:
 
 class Handler(socketserver.BaseRequestHandler):
     def setup(self):
+        ctx = getattr(self.server, "ssl_context", None)
+        if ctx is not None:
+            # TLS (and mTLS when a client CA is given), handshake in this handler's thread.
+            self.request.settimeout(10)
+            self.request = ctx.wrap_socket(self.request, server_side=True)
+            self.request.settimeout(None)
         self.sock = self.request
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.rfile = self.sock.makefile("rb", buffering=CHUNK)
@@ -304,9 +310,14 @@ class Handler(socketserver.BaseRequestHandler):
                         hdrs[k] = [hdrs[k], v]
                 else:
                     hdrs[k] = v
-            body = json.dumps({"name": self.name, "method": req.method, "path": req.target,
-                               "version": req.version, "headers": hdrs, "body_length": n,
-                               "body_sha256": digest}).encode() + b"\n"
+            info = {"name": self.name, "method": req.method, "path": req.target,
+                    "version": req.version, "headers": hdrs, "body_length": n, "body_sha256": digest}
+            getpeercert = getattr(self.sock, "getpeercert", None)
+            if getpeercert is not None:
+                # Served over TLS: what the proxy presented (mTLS to the workload).
+                peer = getpeercert() or {}
+                info["tls_client_subject"] = dict(x[0] for x in peer.get("subject", ())) or None
+            body = json.dumps(info).encode() + b"\n"
             self.respond(req, 200, body, "application/json", close=close)
             return True
         if p == "/upload":
@@ -458,8 +469,19 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--name", default="A")
     ap.add_argument("--verbose", action="store_true", help="log one line per request to stderr")
+    ap.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="the certificate's key (PEM)")
+    ap.add_argument("--client-ca", help="require client certificates signed by this CA (mTLS)")
     args = ap.parse_args()
     srv = Server((args.host, args.port), args.name, args.verbose)
+    if args.tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.client_ca:
+            ctx.load_verify_locations(args.client_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        srv.ssl_context = ctx
     host, port = srv.server_address[:2]
     print("listening on %s:%d" % (host, port), flush=True)
     try:
