@@ -13,7 +13,7 @@ APT_PACKAGES := curl wrk nginx-light haproxy nghttp2-client iptables iproute2 pk
                 modsecurity-crs libmodsecurity3
 PIP_PACKAGES := pytest rotel opentelemetry-proto h2
 
-.PHONY: all deps build run test unit-test integration-test redirect-test fuzz fuzz-smoke bench check crs clean
+.PHONY: all deps build run test unit-test integration-test crs-test redirect-test fuzz fuzz-smoke bench check crs clean
 
 all: build
 
@@ -41,7 +41,7 @@ run: build
 
 # Every test: Swift unit tests, the integration suite against the release binary, the
 # traffic-redirect test in network namespaces, and a short fuzz run of the HTTP/1 parsers.
-test: build unit-test integration-test redirect-test fuzz-smoke
+test: build unit-test integration-test crs-test redirect-test fuzz-smoke
 	@echo "make test: all suites passed"
 
 unit-test: deps
@@ -70,9 +70,13 @@ bench: build
 	OUTRIDER_BIN=$(CURDIR)/$(RELEASE_BIN) python3 bench/bench.py
 
 # The OWASP CRS 3.3.4 regression tests (shared/crs-tests) through the WAF filter at PL4 in
-# DetectionOnly; prints `N passed, N failed`. Not part of `make test` (a few minutes).
+# DetectionOnly; prints `N passed, N failed`. `make crs` fails on any failure; `make test` on a
+# pass rate below the reference engine's (ModSecurity v3: 97.4%).
 crs: build
-	OUTRIDER_BIN=$(CURDIR)/$(RELEASE_BIN) python3 Tests/integration/crs_runner.py
+	OUTRIDER_BIN=$(CURDIR)/$(RELEASE_BIN) python3 Tests/integration/crs_runner.py -v
+
+crs-test: build
+	OUTRIDER_BIN=$(CURDIR)/$(RELEASE_BIN) python3 Tests/integration/crs_runner.py --min-pass-rate 97.4
 
 # Validates the shipped configs and every rule file they name.
 check: build

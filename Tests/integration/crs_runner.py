@@ -208,6 +208,9 @@ def main(argv=None):
     ap.add_argument("--json", default="")
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("-v", action="store_true")
+    ap.add_argument("--min-pass-rate", type=float, default=None,
+                    help="exit 0 when at least this percentage passes (make test uses the reference "
+                         "engine's 97.4%%); without it any failure exits 1")
     ap.add_argument("--bin", default=os.environ.get("OUTRIDER_BIN", str(REPO / ".build" / "release" / "outrider")))
     args = ap.parse_args(argv)
     only = [o for o in args.only.split(",") if o]
@@ -243,6 +246,8 @@ def main(argv=None):
         print("%d passed, %d failed (%.1f%%) in %.1fs" % (total_pass, total_fail, 100.0 * total_pass / max(1, n), time.monotonic() - t0))
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
+        if args.min_pass_rate is not None:
+            return 0 if 100.0 * total_pass / max(1, n) >= args.min_pass_rate else 1
         return 0 if total_fail == 0 else 1
     finally:
         p.stop()
