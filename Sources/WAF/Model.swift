@@ -226,42 +226,42 @@ enum CtlAction: Sendable {
 
 /// One SecRule / SecAction / SecMarker (chained links hang off `chained`).
 final class Rule: @unchecked Sendable {
-    var id: Int = 0
-    var phase: Int = 2
-    var targets: [Target] = []
-    var exclusions: [Exclusion] = []
-    var op = Operator(kind: .unconditional, negated: false, param: Macro(""), name: "unconditionalMatch")
-    var transforms: [Transform] = []
-    var transformChainID = 0
-    var hasTNone = false
-    var disruptive: Disruptive?
-    var status: Int?
-    var msg: Macro?
-    var logdata: Macro?
-    var tags: [String] = []
-    var severity: Int?
-    var ver: String?
-    var rev: String?
-    var maturity: String?
-    var accuracy: String?
-    var log: Bool?
-    var auditlog: Bool?
-    var capture = false
-    var multiMatch = false
-    var setvars: [SetVar] = []
-    var initcols: [(Collection, Macro)] = []
-    var ctls: [CtlAction] = []
-    var skip = 0
-    var skipAfter: String?
-    var chain = false
-    var chained: Rule?
-    var marker: String?
-    var file = ""
-    var line = 0
-    var isChainLink = false
+    @exclusivity(unchecked) var id: Int = 0
+    @exclusivity(unchecked) var phase: Int = 2
+    @exclusivity(unchecked) var targets: [Target] = []
+    @exclusivity(unchecked) var exclusions: [Exclusion] = []
+    @exclusivity(unchecked) var op = Operator(kind: .unconditional, negated: false, param: Macro(""), name: "unconditionalMatch")
+    @exclusivity(unchecked) var transforms: [Transform] = []
+    @exclusivity(unchecked) var transformChainID = 0
+    @exclusivity(unchecked) var hasTNone = false
+    @exclusivity(unchecked) var disruptive: Disruptive?
+    @exclusivity(unchecked) var status: Int?
+    @exclusivity(unchecked) var msg: Macro?
+    @exclusivity(unchecked) var logdata: Macro?
+    @exclusivity(unchecked) var tags: [String] = []
+    @exclusivity(unchecked) var severity: Int?
+    @exclusivity(unchecked) var ver: String?
+    @exclusivity(unchecked) var rev: String?
+    @exclusivity(unchecked) var maturity: String?
+    @exclusivity(unchecked) var accuracy: String?
+    @exclusivity(unchecked) var log: Bool?
+    @exclusivity(unchecked) var auditlog: Bool?
+    @exclusivity(unchecked) var capture = false
+    @exclusivity(unchecked) var multiMatch = false
+    @exclusivity(unchecked) var setvars: [SetVar] = []
+    @exclusivity(unchecked) var initcols: [(Collection, Macro)] = []
+    @exclusivity(unchecked) var ctls: [CtlAction] = []
+    @exclusivity(unchecked) var skip = 0
+    @exclusivity(unchecked) var skipAfter: String?
+    @exclusivity(unchecked) var chain = false
+    @exclusivity(unchecked) var chained: Rule?
+    @exclusivity(unchecked) var marker: String?
+    @exclusivity(unchecked) var file = ""
+    @exclusivity(unchecked) var line = 0
+    @exclusivity(unchecked) var isChainLink = false
     /// Index of this rule in its phase list (set at finalize).
-    var index = 0
-    var idString = "0"
+    @exclusivity(unchecked) var index = 0
+    @exclusivity(unchecked) var idString = "0"
 
     var isMarker: Bool { marker != nil }
 }

@@ -84,11 +84,11 @@ enum RegexScratch {
 /// Case-insensitive multi-pattern search (@pm, @pmFromFile): Aho–Corasick over bytes with
 /// ASCII case folding; reports the first phrase found.
 final class AhoCorasick: @unchecked Sendable {
-    private var rootNext = [Int32](repeating: 0, count: 256)
-    private var edges: [[(UInt8, Int32)]] = [[]]
-    private var fail: [Int32] = [0]
+    @exclusivity(unchecked) private var rootNext = [Int32](repeating: 0, count: 256)
+    @exclusivity(unchecked) private var edges: [[(UInt8, Int32)]] = [[]]
+    @exclusivity(unchecked) private var fail: [Int32] = [0]
     /// Pattern index ending here (directly or through the dictionary suffix), -1 if none.
-    private var output: [Int32] = [-1]
+    @exclusivity(unchecked) private var output: [Int32] = [-1]
     let patterns: [Bytes]
 
     init(_ phrases: [Bytes]) {

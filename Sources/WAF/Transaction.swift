@@ -71,7 +71,7 @@ struct Value {
     var collection: Collection
     var key: Bytes?
     var value: Bytes
-    /// Transformation cache id (-1: not cached).
+    /// Transformation cache id (-1: not cached; ≤ -3: the name of entry -2 - id).
     var id: Int
     var name: Bytes {
         guard let key else { return collection.rawValue.latin1 }
@@ -85,6 +85,19 @@ struct VarStore {
     subscript(_ k: String) -> Bytes? { map[k]?.value }
     mutating func set(_ key: Bytes, _ v: Bytes) { map[keyString(key)] = (key, v) }
     mutating func remove(_ key: Bytes) { map[keyString(key)] = nil }
+}
+
+/// One value's transformation results by chain id (chain ids apart so the scan touches no references).
+struct TransformSlot {
+    var chains: [Int] = []
+    var results: [Bytes] = []
+    @inline(__always) func lookup(_ chain: Int) -> Bytes? {
+        chains.withUnsafeBufferPointer { c in
+            for i in 0..<c.count where c[i] == chain { return results[i] }
+            return nil
+        }
+    }
+    mutating func add(_ chain: Int, _ b: Bytes) { chains.append(chain); results.append(b) }
 }
 
 /// Per-collection variable stores, indexed by collection case (no hashing).
@@ -104,7 +117,7 @@ struct CollectionMap {
 /// One request's evaluation state (ModSecurity's Transaction). Confined to one thread.
 public final class Transaction {
     let rs: RuleSet
-    public private(set) var mode: EngineMode
+    @exclusivity(unchecked) public private(set) var mode: EngineMode
     public let requestID: String
     let clientAddress: String
     let clientPort: Int
@@ -113,63 +126,65 @@ public final class Transaction {
     let startNanos: UInt64
 
     // Request line and headers.
-    var method: Bytes = []
-    var uriRaw: Bytes = []
-    var uri: Bytes = []
-    var filename: Bytes = []
-    var basename: Bytes = []
-    var queryString: Bytes = []
-    var proto: Bytes = []
-    var requestLine: Bytes = []
-    var hostname = ""
-    var headers: [Entry] = []
-    var cookies: [Entry] = []
-    var argsGet: [Entry] = []
-    var argsPost: [Entry] = []
-    var files: [Entry] = []
-    var filesSizes: [Entry] = []
-    var partHeaders: [Entry] = []
-    var partHeadersPending: [(Bytes, Bytes)] = []
-    var xmlText: Bytes?
-    var xmlAttributes: [Bytes] = []
-    var requestBody: Bytes = []
-    var requestBodyLength = 0
-    var bodyProcessor: String?
-    var forceRequestBodyVariable = false
-    public private(set) var requestBodyAccess: Bool
-    public private(set) var requestBodyLimit: Int
-    var bodyLimitExceeded = false
-    var flags: [Collection: Int] = [:]
-    var reqbodyErrorMsg: Bytes = []
-    var collections = CollectionMap()
+    @exclusivity(unchecked) var method: Bytes = []
+    @exclusivity(unchecked) var uriRaw: Bytes = []
+    @exclusivity(unchecked) var uri: Bytes = []
+    @exclusivity(unchecked) var filename: Bytes = []
+    @exclusivity(unchecked) var basename: Bytes = []
+    @exclusivity(unchecked) var queryString: Bytes = []
+    @exclusivity(unchecked) var proto: Bytes = []
+    @exclusivity(unchecked) var requestLine: Bytes = []
+    @exclusivity(unchecked) var hostname = ""
+    @exclusivity(unchecked) var headers: [Entry] = []
+    @exclusivity(unchecked) var cookies: [Entry] = []
+    @exclusivity(unchecked) var argsGet: [Entry] = []
+    @exclusivity(unchecked) var argsPost: [Entry] = []
+    @exclusivity(unchecked) var files: [Entry] = []
+    @exclusivity(unchecked) var filesSizes: [Entry] = []
+    @exclusivity(unchecked) var partHeaders: [Entry] = []
+    @exclusivity(unchecked) var partHeadersPending: [(Bytes, Bytes)] = []
+    @exclusivity(unchecked) var xmlText: Bytes?
+    @exclusivity(unchecked) var xmlAttributes: [Bytes] = []
+    @exclusivity(unchecked) var requestBody: Bytes = []
+    @exclusivity(unchecked) var requestBodyLength = 0
+    @exclusivity(unchecked) var bodyProcessor: String?
+    @exclusivity(unchecked) var forceRequestBodyVariable = false
+    @exclusivity(unchecked) public private(set) var requestBodyAccess: Bool
+    @exclusivity(unchecked) public private(set) var requestBodyLimit: Int
+    @exclusivity(unchecked) var bodyLimitExceeded = false
+    @exclusivity(unchecked) var flags: [Collection: Int] = [:]
+    @exclusivity(unchecked) var reqbodyErrorMsg: Bytes = []
+    @exclusivity(unchecked) var collections = CollectionMap()
 
     // Response.
-    var responseStatus: Bytes = []
-    var responseProtocol: Bytes = []
-    var responseHeaders: [Entry] = []
-    var responseBody: Bytes = []
-    public private(set) var responseBodyAccess: Bool
+    @exclusivity(unchecked) var responseStatus: Bytes = []
+    @exclusivity(unchecked) var responseProtocol: Bytes = []
+    @exclusivity(unchecked) var responseHeaders: [Entry] = []
+    @exclusivity(unchecked) var responseBody: Bytes = []
+    @exclusivity(unchecked) public private(set) var responseBodyAccess: Bool
 
     // Match state.
-    var matchedVar: Bytes = []
-    var matchedVarName: Bytes = []
-    var matchedVars: [Entry] = []
-    var currentRule: Rule?
-    var lastOperatorParam: Bytes = []
-    var lastOperatorParamText: String?
-    var removedIDs: [ClosedRange<Int>] = []
-    var removedTags: [String] = []
-    var targetRemovalsByID: [([ClosedRange<Int>], Exclusion)] = []
-    var targetRemovalsByTag: [(String, Exclusion)] = []
-    var allowScope: AllowScope?
-    public private(set) var intervention: Intervention?
+    @exclusivity(unchecked) var matchedVar: Bytes = []
+    @exclusivity(unchecked) var matchedVarName: Bytes = []
+    @exclusivity(unchecked) var matchedVars: [Entry] = []
+    @exclusivity(unchecked) var currentRule: Rule?
+    @exclusivity(unchecked) var lastOperatorParam: Bytes = []
+    @exclusivity(unchecked) var lastOperatorParamText: String?
+    @exclusivity(unchecked) var removedIDs: [ClosedRange<Int>] = []
+    @exclusivity(unchecked) var removedTags: [String] = []
+    @exclusivity(unchecked) var targetRemovalsByID: [([ClosedRange<Int>], Exclusion)] = []
+    @exclusivity(unchecked) var targetRemovalsByTag: [(String, Exclusion)] = []
+    @exclusivity(unchecked) var allowScope: AllowScope?
+    @exclusivity(unchecked) public private(set) var intervention: Intervention?
     /// Every matched rule (chain starter) in order.
-    public private(set) var matches: [RuleMatch] = []
+    @exclusivity(unchecked) public private(set) var matches: [RuleMatch] = []
     /// Transformation results per value id: small (chain id, result) lists, scanned linearly.
-    var tcache: [[(Int, Bytes)]] = []
-    var tcacheFixed: [[(Int, Bytes)]] = []
-    var nextID = 0
-    var phasesRun = Set<Int>()
+    @exclusivity(unchecked) var tcache: [TransformSlot] = []
+    @exclusivity(unchecked) var tcacheFixed: [TransformSlot] = []
+    /// Names of entries (value id -2 - entry id).
+    @exclusivity(unchecked) var tcacheNames: [TransformSlot] = []
+    @exclusivity(unchecked) var nextID = 0
+    @exclusivity(unchecked) var phasesRun = Set<Int>()
 
     public init(ruleSet: RuleSet, requestID: String, clientAddress: String, clientPort: Int = 0,
                 serverAddress: String = "", serverPort: Int = 0, startNanos: UInt64 = 0) {
@@ -365,7 +380,7 @@ public final class Transaction {
                           operatorName: lastOperatorName, operatorParam: lastOperatorParamText ?? String(latin1: lastOperatorParam), disruptive: disruptive, log: log || disruptive)
         matches.append(m)
     }
-    var lastOperatorName = ""
+    @exclusivity(unchecked) var lastOperatorName = ""
 
     // MARK: rule evaluation
 
@@ -452,20 +467,33 @@ public final class Transaction {
             let chain = r.transformChainID
             if fixed {
                 if slot < tcacheFixed.count {
-                    for (c, b) in tcacheFixed[slot] where c == chain { return b }
+                    if let hit = tcacheFixed[slot].lookup(chain) { return hit }
                 } else {
-                    tcacheFixed.append(contentsOf: repeatElement([], count: slot + 1 - tcacheFixed.count))
+                    tcacheFixed.append(contentsOf: repeatElement(TransformSlot(), count: slot + 1 - tcacheFixed.count))
                 }
             } else {
                 if slot < tcache.count {
-                    for (c, b) in tcache[slot] where c == chain { return b }
+                    if let hit = tcache[slot].lookup(chain) { return hit }
                 } else {
-                    tcache.append(contentsOf: repeatElement([], count: slot + 1 - tcache.count))
+                    tcache.append(contentsOf: repeatElement(TransformSlot(), count: slot + 1 - tcache.count))
                 }
             }
             var cur = v.value
             for t in r.transforms { cur = t.apply(cur) }
-            if fixed { tcacheFixed[slot].append((chain, cur)) } else { tcache[slot].append((chain, cur)) }
+            if fixed { tcacheFixed[slot].add(chain, cur) } else { tcache[slot].add(chain, cur) }
+            return cur
+        }
+        if v.id <= -3 {
+            let slot = -2 &- v.id
+            let chain = r.transformChainID
+            if slot < tcacheNames.count {
+                if let hit = tcacheNames[slot].lookup(chain) { return hit }
+            } else {
+                tcacheNames.append(contentsOf: repeatElement(TransformSlot(), count: slot + 1 - tcacheNames.count))
+            }
+            var cur = v.value
+            for t in r.transforms { cur = t.apply(cur) }
+            tcacheNames[slot].add(chain, cur)
             return cur
         }
         var cur = v.value
@@ -481,18 +509,76 @@ public final class Transaction {
         return out
     }
 
-    /// Calls `body` with every value the target selects (no list built), or once with the count for `&`.
+    /// Calls `visit` with every value the target selects (no list built), or once with the count for `&`.
     func collect(_ t: Target, exclusions: [Exclusion], _ visit: (Value) -> Void) {
+        // Fast paths for what CRS targets most (lists of entries, TX:key): no nested closures.
+        if !t.count {
+            switch t.collection {
+            case .args:
+                visitEntries(argsGet, t.key, exclusions, .args, false, visit)
+                visitEntries(argsPost, t.key, exclusions, .args, false, visit)
+                return
+            case .argsNames:
+                visitEntries(argsGet, t.key, exclusions, .argsNames, true, visit)
+                visitEntries(argsPost, t.key, exclusions, .argsNames, true, visit)
+                return
+            case .argsGet: visitEntries(argsGet, t.key, exclusions, .argsGet, false, visit); return
+            case .argsPost: visitEntries(argsPost, t.key, exclusions, .argsPost, false, visit); return
+            case .argsGetNames: visitEntries(argsGet, t.key, exclusions, .argsGetNames, true, visit); return
+            case .argsPostNames: visitEntries(argsPost, t.key, exclusions, .argsPostNames, true, visit); return
+            case .requestHeaders: visitEntries(headers, t.key, exclusions, .requestHeaders, false, visit); return
+            case .requestHeadersNames: visitEntries(headers, t.key, exclusions, .requestHeadersNames, true, visit); return
+            case .requestCookies: visitEntries(cookies, t.key, exclusions, .requestCookies, false, visit); return
+            case .requestCookiesNames: visitEntries(cookies, t.key, exclusions, .requestCookiesNames, true, visit); return
+            case .tx:
+                if case .exact(let k) = t.key {
+                    guard let kv = collections.slots[Collection.tx.ordinal].map[k] else { return }
+                    if !exclusions.isEmpty, exclusions.contains(where: { $0.excludes(.tx, k, kv.key) }) { return }
+                    visit(Value(collection: .tx, key: kv.key, value: kv.value, id: -1))
+                    return
+                }
+            case .xml:
+                if xmlText == nil && xmlAttributes.isEmpty { return }
+            default: break
+            }
+        }
+        collectAny(t, exclusions: exclusions, visit)
+    }
+
+    /// Entries of one list selected by key, minus exclusions, as `c` (values, or names when `names`).
+    @inline(__always)
+    func visitEntries(_ list: [Entry], _ sel: KeySelector, _ exclusions: [Exclusion], _ c: Collection, _ names: Bool, _ visit: (Value) -> Void) {
+        if list.isEmpty { return }
+        var exact: String?
+        var regex: Regex?
+        switch sel {
+        case .all: break
+        case .exact(let k): exact = k
+        case .regex(let r): regex = r
+        }
+        for i in list.indices {
+            if let exact, list[i].keyLower != exact { continue }
+            if let regex, !regex.matches(list[i].key) { continue }
+            if !exclusions.isEmpty, exclusions.contains(where: { $0.excludes(c, list[i].keyLower, list[i].key) }) { continue }
+            visit(Value(collection: c, key: list[i].key, value: names ? list[i].key : list[i].value, id: names ? -2 &- list[i].id : list[i].id))
+        }
+    }
+
+    func collectAny(_ t: Target, exclusions: [Exclusion], _ visit: (Value) -> Void) {
         var count = 0
         let counting = t.count
         func out(_ v: Value) { if counting { count += 1 } else { visit(v) } }
         func keyed(_ list: [Entry], _ c: Collection, names: Bool = false, reportAs: Collection? = nil) {
+            let selector = t.key
+            let all: Bool
+            if case .all = selector { all = true } else { all = false }
             for i in list.indices {
-                if case .exact(let k) = t.key, list[i].keyLower != k { continue }
-                let e = list[i]
-                guard t.key.matches(e.keyLower, e.key) else { continue }
-                if !exclusions.isEmpty, exclusions.contains(where: { x in x.excludes(c, e.keyLower, e.key) || (reportAs.map { r in x.excludes(r, e.keyLower, e.key) } ?? false) }) { continue }
-                out(Value(collection: reportAs ?? c, key: e.key, value: names ? e.key : e.value, id: names ? -1 : e.id))
+                if !all {
+                    if case .exact(let k) = selector, list[i].keyLower != k { continue }
+                    guard selector.matches(list[i].keyLower, list[i].key) else { continue }
+                }
+                if !exclusions.isEmpty, exclusions.contains(where: { x in x.excludes(c, list[i].keyLower, list[i].key) || (reportAs.map { r in x.excludes(r, list[i].keyLower, list[i].key) } ?? false) }) { continue }
+                out(Value(collection: reportAs ?? c, key: list[i].key, value: names ? list[i].key : list[i].value, id: names ? -2 &- list[i].id : list[i].id))
             }
         }
         func store(_ c: Collection) {
@@ -668,7 +754,7 @@ public final class Transaction {
         }
     }
 
-    var forcedShadow = false
+    @exclusivity(unchecked) var forcedShadow = false
     public func setShadow() { forcedShadow = true; forceDetectionOnly() }
 
     // MARK: operators
