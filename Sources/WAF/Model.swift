@@ -131,6 +131,8 @@ struct Macro: Sendable {
     let isConstant: Bool
     /// The literal parts joined (the whole expansion when `isConstant`).
     let constant: Bytes
+    /// `constant` lowercased as a collection key (setvar/TX keys written without macros).
+    let constantKey: String
 
     init(_ s: String) {
         text = s
@@ -158,6 +160,7 @@ struct Macro: Sendable {
         var c: Bytes = []
         for p in parts { if case .literal(let b) = p { c += b } }
         constant = c
+        constantKey = keyString(c)
     }
 
     static func split(_ name: String) -> (String, String?) {

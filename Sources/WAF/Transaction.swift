@@ -84,6 +84,13 @@ struct VarStore {
     var map: [String: (key: Bytes, value: Bytes)] = [:]
     subscript(_ k: String) -> Bytes? { map[k]?.value }
     mutating func set(_ key: Bytes, _ v: Bytes) { map[keyString(key)] = (key, v) }
+    mutating func set(lower kl: String, _ key: Bytes, _ v: Bytes) { map[kl] = (key, v) }
+    /// `setvar:c.key=+n` / `=-n`: the stored number (0 if unset) plus or minus `delta`, wrapping.
+    mutating func add(lower kl: String, _ key: Bytes, _ delta: Int, subtract: Bool) {
+        let cur = map[kl].map { parseLeadingInt($0.value) } ?? 0
+        let n = subtract ? cur.subtractingReportingOverflow(delta).partialValue : cur.addingReportingOverflow(delta).partialValue
+        map[kl] = (key, n.bytes)
+    }
     mutating func remove(_ key: Bytes) { map[keyString(key)] = nil }
 }
 
@@ -97,7 +104,10 @@ struct TransformSlot {
             return nil
         }
     }
-    mutating func add(_ chain: Int, _ b: Bytes) { chains.append(chain); results.append(b) }
+    mutating func add(_ chain: Int, _ b: Bytes) {
+        if chains.isEmpty { chains.reserveCapacity(16); results.reserveCapacity(16) }
+        chains.append(chain); results.append(b)
+    }
 }
 
 /// Per-collection variable stores, indexed by collection case (no hashing).
@@ -165,8 +175,28 @@ public final class Transaction {
 
     // Match state.
     @exclusivity(unchecked) var matchedVar: Bytes = []
-    @exclusivity(unchecked) var matchedVarName: Bytes = []
-    @exclusivity(unchecked) var matchedVars: [Entry] = []
+    /// The last matched value; its name (MATCHED_VAR_NAME) is built only when asked for.
+    @exclusivity(unchecked) var matchedValue: Value?
+    @exclusivity(unchecked) var matchedVarNameCache: Bytes?
+    var matchedVarName: Bytes {
+        if let n = matchedVarNameCache { return n }
+        let n = matchedValue?.name ?? []
+        matchedVarNameCache = n
+        return n
+    }
+    /// MATCHED_VARS: matches not yet turned into entries (done when a rule reads the collection).
+    @exclusivity(unchecked) var pendingMatchedVars: [(Value, Bytes)] = []
+    @exclusivity(unchecked) var matchedVarsBuilt: [Entry] = []
+    var matchedVars: [Entry] {
+        if !pendingMatchedVars.isEmpty {
+            for (v, tv) in pendingMatchedVars {
+                let n = v.name
+                matchedVarsBuilt.append(Entry(key: n, keyLower: keyString(n), value: tv, id: -1))
+            }
+            pendingMatchedVars.removeAll(keepingCapacity: true)
+        }
+        return matchedVarsBuilt
+    }
     @exclusivity(unchecked) var currentRule: Rule?
     @exclusivity(unchecked) var lastOperatorParam: Bytes = []
     @exclusivity(unchecked) var lastOperatorParamText: String?
@@ -242,7 +272,9 @@ public final class Transaction {
             if l.starts(with: Array("application/x-www-form-urlencoded".utf8)) { bodyProcessor = "URLENCODED" }
             else if l.starts(with: Array("multipart/form-data".utf8)) { bodyProcessor = "MULTIPART" }
         }
-        collections[.tx] = VarStore()
+        var tx = VarStore()
+        tx.map.reserveCapacity(256)  // CRS sets ~100 TX variables per request
+        collections[.tx] = tx
         return runPhase(1)
     }
 
@@ -452,8 +484,9 @@ public final class Transaction {
 
     func noteMatch(_ v: Value, _ tv: Bytes, _ r: Rule) {
         matchedVar = tv
-        matchedVarName = v.name
-        matchedVars.append(Entry(key: matchedVarName, keyLower: keyString(matchedVarName), value: tv, id: -1))
+        matchedValue = v
+        matchedVarNameCache = nil
+        pendingMatchedVars.append((v, tv))
         lastOperatorName = r.op.name
         runSetVars(r)
     }
@@ -717,17 +750,20 @@ public final class Transaction {
     /// "independent of the chained rule result"); the rest after the whole chain matched.
     func runSetVars(_ r: Rule) {
         for sv in r.setvars {
-            let key = expand(sv.key, rule: r)
+            let key: Bytes, kl: String
+            if sv.key.isConstant { key = sv.key.constant; kl = sv.key.constantKey } else { key = expand(sv.key, rule: r); kl = keyString(key) }
             let c = sv.collection
             switch sv.op {
-            case .set(let m): collections[c, default: VarStore()].set(key, expand(m, rule: r))
+            case .set(let m):
+                let v = expand(m, rule: r)
+                collections.slots[c.ordinal].set(lower: kl, key, v)
             case .add(let m):
-                let cur = collections[c]?[keyString(key)].map(parseLeadingInt) ?? 0
-                collections[c, default: VarStore()].set(key, cur.addingReportingOverflow(parseLeadingInt(expand(m, rule: r))).partialValue.bytes)
+                let d = parseLeadingInt(expand(m, rule: r))
+                collections.slots[c.ordinal].add(lower: kl, key, d, subtract: false)
             case .sub(let m):
-                let cur = collections[c]?[keyString(key)].map(parseLeadingInt) ?? 0
-                collections[c, default: VarStore()].set(key, cur.subtractingReportingOverflow(parseLeadingInt(expand(m, rule: r))).partialValue.bytes)
-            case .delete: collections[c, default: VarStore()].remove(key)
+                let d = parseLeadingInt(expand(m, rule: r))
+                collections.slots[c.ordinal].add(lower: kl, key, d, subtract: true)
+            case .delete: collections.slots[c.ordinal].map[kl] = nil
             }
         }
     }

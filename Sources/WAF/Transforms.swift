@@ -333,6 +333,8 @@ enum T {
     }
 
     static func normalizePath(_ input: Bytes, win: Bool) -> Bytes {
+        // No separator: one segment, which is dropped only when it is ".".
+        if !input.contains(where: { $0 == 47 || (win && $0 == 92) }) { return input == [46] ? [] : input }
         var b = win ? input.map { $0 == 92 ? 47 : $0 } : input
         if b.isEmpty { return b }
         let absolute = b.first == 47
