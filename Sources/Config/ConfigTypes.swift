@@ -146,11 +146,22 @@ public struct UpstreamTLSConfig: Sendable, Equatable {
 ///   client_ca: /etc/outrider/tls/ca.crt
 ///   client_cert: require        # require | optional | none
 ///   min_version: "1.2"          # "1.2" | "1.3"
+///   sni:                        # optional: other certificates by server name
+///     - {server_name: api.example.com, cert: api.crt, key: api.key}
 /// ```
 public struct ListenerTLSConfig: Sendable, Equatable {
     public enum ClientCert: String, Sendable { case require, optional, none }
+    /// A certificate served to clients asking for `serverName` (SNI); exact names or `*.suffix`.
+    public struct SNICertificate: Sendable, Equatable {
+        public var serverName: String
+        public var cert: String
+        public var key: String
+        public init(serverName: String, cert: String, key: String) { self.serverName = serverName; self.cert = cert; self.key = key }
+    }
     public var cert: String
     public var key: String
+    /// Other certificates chosen by SNI; `cert`/`key` serve every other name.
+    public var sni: [SNICertificate] = []
     public var clientCA: String?
     public var clientCert: ClientCert
     public var minVersion: String
@@ -160,7 +171,7 @@ public struct ListenerTLSConfig: Sendable, Equatable {
         self.cert = cert; self.key = key; self.clientCA = clientCA; self.clientCert = clientCert; self.minVersion = minVersion; self.line = line
     }
     /// Every file this block names (watched for rotation).
-    public var files: [String] { [cert, key] + (clientCA.map { [$0] } ?? []) }
+    public var files: [String] { [cert, key] + (clientCA.map { [$0] } ?? []) + sni.flatMap { [$0.cert, $0.key] } }
 }
 
 public enum AccessLogTarget: Sendable, Equatable {

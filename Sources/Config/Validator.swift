@@ -185,7 +185,7 @@ struct Validator {
             error(f.line, f.column, "\(label): tls must be a map with cert and key, not \(f.node.kindDescription)")
             return nil
         }
-        let fs = fields(of: f.node, known: ["cert", "key", "client_ca", "client_cert", "min_version"], context: "in tls")
+        let fs = fields(of: f.node, known: ["cert", "key", "client_ca", "client_cert", "min_version", "sni"], context: "in tls")
         func path(_ key: String) -> String? {
             guard let v = fs[key] else { return nil }
             guard let s = v.node.stringValue, !s.isEmpty else {
@@ -210,8 +210,30 @@ struct Validator {
             if let t = text, t == "1.2" || t == "1.3" { minVersion = t }
             else { error(m.line, m.column, "\(label): tls.min_version must be \"1.2\" or \"1.3\", got \(show(m.node))") }
         }
+        var sni: [ListenerTLSConfig.SNICertificate] = []
+        if let list = fs["sni"] {
+            if let items = list.node.listValue {
+                for item in items {
+                    let e = fields(of: item, known: ["server_name", "cert", "key"], context: "in tls.sni entry")
+                    func text(_ k: String) -> String? {
+                        guard let v = e[k]?.node.stringValue, !v.isEmpty else {
+                            error(item.line, item.column, "\(label): tls.sni entry needs \(k)")
+                            return nil
+                        }
+                        return v
+                    }
+                    guard let name = text("server_name"), let c = text("cert"), let k = text("key") else { continue }
+                    sni.append(.init(serverName: name.lowercased(), cert: c.hasPrefix("/") ? c : configDirectory + c,
+                                     key: k.hasPrefix("/") ? k : configDirectory + k))
+                }
+            } else {
+                error(list.line, list.column, "\(label): tls.sni must be a list of {server_name, cert, key}")
+            }
+        }
         guard let cert, let key else { return nil }
-        return ListenerTLSConfig(cert: cert, key: key, clientCA: ca, clientCert: policy, minVersion: minVersion, line: f.line)
+        var result = ListenerTLSConfig(cert: cert, key: key, clientCA: ca, clientCert: policy, minVersion: minVersion, line: f.line)
+        result.sni = sni
+        return result
     }
 
     /// A listener's `upstream_tls:` block.

@@ -36,7 +36,8 @@ public final class ListenerRuntime: Sendable {
         if let t = c.tls {
             let policy: ClientCertPolicy = t.clientCert == .require ? .require : (t.clientCert == .optional ? .optional : .none)
             let config = TLSServerConfig(certChainPath: t.cert, keyPath: t.key, clientCAPath: t.clientCA, clientCert: policy,
-                                         minVersion: t.minVersion == "1.3" ? .tls13 : .tls12, alpn: ["h2", "http/1.1"])
+                                         minVersion: t.minVersion == "1.3" ? .tls13 : .tls12, alpn: ["h2", "http/1.1"],
+                                         sniCertificates: t.sni.map { SNICertificate(serverName: $0.serverName, certChainPath: $0.cert, keyPath: $0.key) })
             do {
                 tls = try TLSServerContext(config)
             } catch {
