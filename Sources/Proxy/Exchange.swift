@@ -200,12 +200,7 @@ final class Exchange {
         bodyBufferLimit = 0
         guard let up = ensureUpstream() else { return nil }
         if !heldBody.isEmpty {
-            heldBody.withUnsafeBytes { bytes in
-                switch requestFraming {
-                case .chunked: HTTP1Serializer.writeChunk(bytes, into: &up.out)
-                default: up.out.append(bytes)
-                }
-            }
+            heldBody.withUnsafeBytes { up.sendRequestBody($0) }
             heldBody = []
         }
         return up
@@ -240,7 +235,7 @@ final class Exchange {
         }
         upstream = conn
         conn.begin(self, method: forwardHead.method)
-        HTTP1Serializer.writeRequestHead(forwardHead, into: &conn.out)
+        conn.sendRequestHead(forwardHead, framing: requestFraming)
         listener.stats.upstreamRequests.increment(shard: worker.index)
         upstreamSentAt = worker.loop.now
         if let c = chain?.context, c.upstreamStartWallNanos == 0 { c.upstreamStartWallNanos = wallClockNanos() }
@@ -271,10 +266,7 @@ final class Exchange {
         }
         guard let up = ensureUpstream() else { return }
         bodyBytesIn &+= UInt64(bytes.count)
-        switch requestFraming {
-        case .chunked: HTTP1Serializer.writeChunk(bytes, into: &up.out)
-        default: up.out.append(bytes)
-        }
+        up.sendRequestBody(bytes)
         if up.outputAboveHighWatermark { downstream.readPaused = true }
     }
 
@@ -285,7 +277,7 @@ final class Exchange {
             return
         }
         guard let up = bodyBufferLimit > 0 ? releaseHeldBody() : ensureUpstream() else { return }
-        if case .chunked = requestFraming { HTTP1Serializer.writeLastChunk(trailers: trailers, into: &up.out) }
+        up.sendRequestEnd(trailers: trailers)
         requestComplete()
     }
 
@@ -429,7 +421,7 @@ final class Exchange {
     func tunnelFromDownstream(_ bytes: UnsafeRawBufferPointer) {
         guard let up = upstream else { return }
         bodyBytesIn &+= UInt64(bytes.count)
-        up.out.append(bytes)
+        up.sendTunnelBytes(bytes)
         if up.outputAboveHighWatermark { downstream.readPaused = true }
     }
 

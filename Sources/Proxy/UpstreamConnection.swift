@@ -15,7 +15,7 @@ final class UpstreamConnection: EventHandler {
     let address: ResolvedAddress
     private(set) var connected: Bool
     private(set) var isClosed = false
-    var out = ByteBuffer()
+    private var out = ByteBuffer()
     private var parser = HTTP1ResponseParser()
     private var pending: [UInt8] = []
     private var readable = false
@@ -75,6 +75,25 @@ final class UpstreamConnection: EventHandler {
         readPaused = false
         requestsSent += 1
     }
+
+    /// The request's framing toward the workload (how `sendRequestBody` frames bytes).
+    private var requestFraming: BodyFraming = .none
+
+    /// The request head, serialized for the workload (always HTTP/1.1).
+    func sendRequestHead(_ head: RequestHead, framing: BodyFraming) {
+        requestFraming = framing
+        HTTP1Serializer.writeRequestHead(head, into: &out)
+    }
+
+    func sendRequestBody(_ bytes: UnsafeRawBufferPointer) {
+        if case .chunked = requestFraming { HTTP1Serializer.writeChunk(bytes, into: &out) } else { out.append(bytes) }
+    }
+
+    func sendRequestEnd(trailers: HTTPHeaders) {
+        if case .chunked = requestFraming { HTTP1Serializer.writeLastChunk(trailers: trailers, into: &out) }
+    }
+
+    func sendTunnelBytes(_ bytes: UnsafeRawBufferPointer) { out.append(bytes) }
 
     /// After a complete response: back to the pool when reusable and nothing unexpected is
     /// buffered; closed otherwise. Decided after the current read batch ends.
