@@ -256,6 +256,8 @@ final class Rule: @unchecked Sendable {
     @exclusivity(unchecked) var ctls: [CtlAction] = []
     @exclusivity(unchecked) var skip = 0
     @exclusivity(unchecked) var skipAfter: String?
+    /// Index of the `skipAfter` marker in this rule's phase list (set at finalize; nil: not found).
+    @exclusivity(unchecked) var skipAfterIndex: Int?
     @exclusivity(unchecked) var chain = false
     @exclusivity(unchecked) var chained: Rule?
     @exclusivity(unchecked) var marker: String?

@@ -755,6 +755,9 @@ final class Loader {
                 }
             }
         }
+        for p in 1...5 {
+            for r in phases[p] where !r.isMarker { r.skipAfterIndex = r.skipAfter.flatMap { markers[p][$0] } }
+        }
         for r in byID.values where removed(r) { byID[r.id] = nil }
         RegexScratch.matchLimit = max(RegexScratch.matchLimit, settings.pcreMatchLimit)
         return .success(RuleSet(settings: settings, phases: phases, markers: markers, defaultDisruptive: defaultDisruptive,

@@ -380,8 +380,8 @@ public final class Transaction {
             record(r, phase: p, disruptive: disrupted)
             if disrupted { return intervention }
             if enforced, case .allow = d { return nil }
-            if let m = r.skipAfter {
-                if let idx = rs.markers[p][m], idx >= i { i = idx + 1 } else { return nil }
+            if r.skipAfter != nil {
+                if let idx = r.skipAfterIndex, idx >= i { i = idx + 1 } else { return nil }
             } else if r.skip > 0 {
                 var n = r.skip
                 while n > 0, i < list.count { if !list[i].isMarker { n -= 1 }; i += 1 }
@@ -736,6 +736,14 @@ public final class Transaction {
                     default: break
                     }
                     continue
+                }
+                switch c {
+                case .tx, .ip, .global, .session, .user, .resource, .geo, .env:
+                    if let key {
+                        if let kv = collections.slots[c.ordinal].map[key] { out += kv.value }
+                        continue
+                    }
+                default: break
                 }
                 let t = Target(collection: c, key: key.map { .exact($0) } ?? .all, count: false, text: "")
                 if let v = collect(t, exclusions: []).first { out += v.value }
