@@ -27,9 +27,9 @@ enum Transform: String, Sendable, CaseIterable {
         case .jsDecode: return T.jsDecode(b)
         case .cssDecode: return T.cssDecode(b)
         case .utf8toUnicode: return T.utf8toUnicode(b)
-        case .removeNulls: return b.filter { $0 != 0 }
-        case .replaceNulls: return b.map { $0 == 0 ? 32 : $0 }
-        case .removeWhitespace: return b.filter { !isSpaceByte($0) && $0 != 0xa0 }
+        case .removeNulls: return b.contains(0) ? b.filter { $0 != 0 } : b
+        case .replaceNulls: return b.contains(0) ? b.map { $0 == 0 ? 32 : $0 } : b
+        case .removeWhitespace: return b.contains { isSpaceByte($0) || $0 == 0xa0 } ? b.filter { !isSpaceByte($0) && $0 != 0xa0 } : b
         case .compressWhitespace: return T.compressWhitespace(b)
         case .cmdLine: return T.cmdLine(b)
         case .replaceComments: return T.replaceComments(b)
@@ -248,6 +248,7 @@ enum T {
     }
 
     static func compressWhitespace(_ b: Bytes) -> Bytes {
+        if !b.contains(where: { isSpaceByte($0) || $0 == 0xa0 }) { return b }
         var out = Bytes(); out.reserveCapacity(b.count)
         var inSpace = false
         for c in b {
@@ -259,6 +260,11 @@ enum T {
     }
 
     static func cmdLine(_ b: Bytes) -> Bytes {
+        // Nothing to drop, fold, lowercase or unspace: unchanged.
+        if !b.contains(where: { c in
+            c == 34 || c == 39 || c == 92 || c == 94 || c == 32 || c == 44 || c == 59 || (c >= 9 && c <= 13)
+                || c == 47 || c == 40 || (c >= 65 && c <= 90)
+        }) { return b }
         var out = Bytes(); out.reserveCapacity(b.count)
         var space = false
         for c in b {
@@ -278,6 +284,7 @@ enum T {
     }
 
     static func replaceComments(_ b: Bytes) -> Bytes {
+        if !b.contains(47) { return b }   // no "/*": unchanged
         var out = Bytes(); out.reserveCapacity(b.count)
         var i = 0
         let n = b.count
@@ -317,6 +324,7 @@ enum T {
     }
 
     static func removeCommentsChar(_ b: Bytes) -> Bytes {
+        if !b.contains(where: { $0 == 47 || $0 == 42 || $0 == 60 || $0 == 45 || $0 == 35 }) { return b }
         var out = Bytes(); out.reserveCapacity(b.count)
         var i = 0
         let n = b.count
