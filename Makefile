@@ -8,7 +8,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_BIN     := .build-fuzz/release/HTTP1Fuzz
 
 # Debian packages: build-time C libraries, test peers and benchmark peers.
-APT_PACKAGES := curl wrk nginx-light haproxy nghttp2-client iptables iproute2 pkg-config strace \
+APT_PACKAGES := curl wrk nginx-light haproxy nghttp2-client nghttp2-server iptables iproute2 pkg-config strace \
                 libssl-dev libnghttp2-dev libhiredis-dev redis-server libpcre2-dev \
                 modsecurity-crs libmodsecurity3
 PIP_PACKAGES := pytest rotel opentelemetry-proto h2

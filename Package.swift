@@ -43,7 +43,7 @@ let package = Package(
         // libinjection (SQLi/XSS), resolved at run time from Debian's libmodsecurity3.
         .target(name: "CInjection", linkerSettings: [.linkedLibrary("dl")]),
         // SecLang engine (ModSecurity rule language, OWASP CRS): pure, no sockets.
-        .target(name: "WAF", dependencies: ["OutriderCore", "CPCRE2", "CInjection"]),
+        .target(name: "WAF", dependencies: ["OutriderCore", "CPCRE2", "CInjection"], swiftSettings: hotPath),
         // libnghttp2 behind one door: only HTTP2 imports it.
         .systemLibrary(name: "CNghttp2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
         // HTTP/2 server codec on nghttp2: a session fed bytes that returns events and output.

@@ -102,6 +102,9 @@ public struct ListenerConfig: Sendable, Equatable {
     public var tls: ListenerTLSConfig?
     /// TLS (optionally mTLS) from Outrider to the workload; nil = plaintext upstream.
     public var upstreamTLS: UpstreamTLSConfig?
+    /// The protocol spoken to the workload: HTTP/1.1 (default) or HTTP/2 (`h2`: by ALPN over
+    /// `upstream_tls`, prior knowledge otherwise).
+    public var upstreamProtocol: UpstreamProtocol = .http1
     /// Line of the listener's entry in the config file (0 when built in code).
     public var line: Int
 
@@ -115,6 +118,8 @@ public struct ListenerConfig: Sendable, Equatable {
         self.line = line
     }
 }
+
+public enum UpstreamProtocol: String, Sendable { case http1, h2 }
 
 /// A listener's `upstream_tls:` block: Outrider speaks TLS to the workload.
 /// ```yaml

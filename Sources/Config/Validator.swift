@@ -132,7 +132,7 @@ struct Validator {
                 error(at: item, "listener #\(index + 1) must be a map with name, address and upstream, not \(item.kindDescription)")
                 continue
             }
-            let fs = fields(of: item, known: ["name", "address", "upstream", "tls", "upstream_tls"], context: "in listener")
+            let fs = fields(of: item, known: ["name", "address", "upstream", "tls", "upstream_tls", "upstream_protocol"], context: "in listener")
             var label = "listener #\(index + 1)"
             var name: String?
             if let n = fs["name"] {
@@ -156,6 +156,11 @@ struct Validator {
             if let t = fs["tls"] { tls = self.tls(t, label: label) }
             var upstreamTLS: UpstreamTLSConfig?
             if let t = fs["upstream_tls"] { upstreamTLS = self.upstreamTLS(t, label: label) }
+            var upstreamProtocol = UpstreamProtocol.http1
+            if let p = fs["upstream_protocol"] {
+                if let s = p.node.stringValue, let v = UpstreamProtocol(rawValue: s) { upstreamProtocol = v }
+                else { error(p.line, p.column, "\(label): upstream_protocol must be http1 or h2, got \(show(p.node))") }
+            }
             for required in ["name", "address", "upstream"] where fs[required] == nil {
                 error(item.line, item.column, "\(label): missing required key '\(required)'")
             }
@@ -164,8 +169,10 @@ struct Validator {
                     error(fs["upstream"]?.line ?? item.line, 0,
                           "\(label): upstream \(upstream) is the listener's own address (requests would loop)")
                 }
-                result.append(ListenerConfig(name: name, address: address, upstream: upstream, tls: tls,
-                                             upstreamTLS: upstreamTLS, line: item.line))
+                var listener = ListenerConfig(name: name, address: address, upstream: upstream, tls: tls,
+                                              upstreamTLS: upstreamTLS, line: item.line)
+                listener.upstreamProtocol = upstreamProtocol
+                result.append(listener)
             }
         }
         // Addresses are checked after the whole list is read so each pair is reported once.

@@ -11,8 +11,10 @@ public final class ListenerRuntime: Sendable {
     public let name: String
     public let address: SocketAddressSpec
     let upstream: ResolvedAddress
-    /// The pool key for `upstream`, computed once instead of per request.
+    /// "host:port" of the upstream, computed once instead of per request (access log).
     let upstreamKey: String
+    /// Pooled connections are shared by listeners with the same address, protocol and TLS.
+    let poolKey: String
     let stats: ListenerStats
     /// TLS termination: certificates and verification for new connections (nil: plaintext).
     /// A reload builds a new context from the files; connections keep the one they began with.
@@ -20,6 +22,8 @@ public final class ListenerRuntime: Sendable {
     /// TLS toward the workload (nil: plaintext), and the name sent as SNI and verified.
     let upstreamTLS: TLSClientContext?
     let upstreamServerName: String?
+    /// Speak HTTP/2 to the workload (one request per stream; connections pooled).
+    let upstreamH2: Bool
     /// notAfter of the served certificate (Unix seconds), 0 without TLS.
     public var tlsCertificateNotAfter: UInt64 { tls?.certificateNotAfter ?? 0 }
 
@@ -32,6 +36,7 @@ public final class ListenerRuntime: Sendable {
             throw ConfigErrors([ConfigDiagnostic(file: file, line: c.line, message: "listener '\(c.name)': upstream \(c.upstream): \(error)")])
         }
         upstreamKey = c.upstream.description
+        poolKey = upstreamKey + (c.upstreamProtocol == .h2 ? " h2" : "") + (c.upstreamTLS != nil ? " tls:\(c.name)" : "")
         stats = metrics.listenerStats(c.name)
         if let t = c.tls {
             let policy: ClientCertPolicy = t.clientCert == .require ? .require : (t.clientCert == .optional ? .optional : .none)
@@ -46,8 +51,10 @@ public final class ListenerRuntime: Sendable {
         } else {
             tls = nil
         }
+        upstreamH2 = c.upstreamProtocol == .h2
         if let u = c.upstreamTLS {
-            let config = TLSClientConfig(caPath: u.ca, verifyPeer: u.verify, certChainPath: u.cert, keyPath: u.key, alpn: ["http/1.1"])
+            let config = TLSClientConfig(caPath: u.ca, verifyPeer: u.verify, certChainPath: u.cert, keyPath: u.key,
+                                         alpn: c.upstreamProtocol == .h2 ? ["h2"] : ["http/1.1"])
             do {
                 upstreamTLS = try TLSClientContext(config)
             } catch {

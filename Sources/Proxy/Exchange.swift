@@ -224,7 +224,8 @@ final class Exchange {
         } else {
             do {
                 conn = try UpstreamConnection(address: listener.upstream, worker: worker, pool: pool,
-                                              tls: listener.upstreamTLS, serverName: listener.upstreamServerName)
+                                              tls: listener.upstreamTLS, serverName: listener.upstreamServerName,
+                                              http2: listener.upstreamH2)
             } catch {
                 connectFailure(errno: error.errno)
                 return

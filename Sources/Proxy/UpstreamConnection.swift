@@ -3,6 +3,7 @@ import Glibc
 #endif
 import EventLoop
 import HTTP1
+import HTTP2
 import OutriderCore
 import TLS
 
@@ -35,10 +36,21 @@ final class UpstreamConnection: EventHandler {
     /// what waits for the socket.
     private let tls: TLSConnection?
     private var cipherOut = ByteBuffer()
+    /// HTTP/2 to the workload (nil: HTTP/1.1): one request per stream, the connection pooled.
+    private let h2: HTTP2ClientSession?
+    private var h2Stream: Int32 = 0
+    private var h2GoingAway = false
 
     /// Starts a non-blocking connect and registers with the worker's loop.
     init(address: ResolvedAddress, worker: Worker, pool: UpstreamPool,
-         tls context: TLSClientContext? = nil, serverName: String? = nil) throws(SystemError) {
+         tls context: TLSClientContext? = nil, serverName: String? = nil, http2: Bool = false) throws(SystemError) {
+        if http2 {
+            do { h2 = try HTTP2ClientSession() } catch {
+                throw SystemError("HTTP/2 session for \(address.spec): \(error)", errno: EPROTO)
+            }
+        } else {
+            h2 = nil
+        }
         if let context {
             do { tls = try TLSConnection(client: context, serverName: serverName) } catch {
                 throw SystemError("TLS to \(address.spec): \(error.message)", errno: EPROTO)
@@ -82,14 +94,31 @@ final class UpstreamConnection: EventHandler {
     /// The request head, serialized for the workload (always HTTP/1.1).
     func sendRequestHead(_ head: RequestHead, framing: BodyFraming) {
         requestFraming = framing
+        if let h2 {
+            var h = head
+            h.headers.remove("transfer-encoding")   // HTTP/2 frames the body itself
+            guard let id = h2.sendRequestHead(h, scheme: tls == nil ? "http" : "https", endStream: framing == .none) else {
+                worker.loop.deferWork { [self] in failed(details: "upstream_protocol_error") }
+                return
+            }
+            h2Stream = id
+            return
+        }
         HTTP1Serializer.writeRequestHead(head, into: &out)
     }
 
     func sendRequestBody(_ bytes: UnsafeRawBufferPointer) {
+        if let h2 { h2.sendData(streamID: h2Stream, bytes, endStream: false); return }
         if case .chunked = requestFraming { HTTP1Serializer.writeChunk(bytes, into: &out) } else { out.append(bytes) }
     }
 
     func sendRequestEnd(trailers: HTTPHeaders) {
+        if let h2 {
+            guard requestFraming != .none else { return }   // the head ended the stream
+            if trailers.isEmpty { h2.sendData(streamID: h2Stream, UnsafeRawBufferPointer(start: nil, count: 0), endStream: true) }
+            else { h2.sendTrailers(streamID: h2Stream, trailers) }
+            return
+        }
         if case .chunked = requestFraming { HTTP1Serializer.writeLastChunk(trailers: trailers, into: &out) }
     }
 
@@ -99,7 +128,7 @@ final class UpstreamConnection: EventHandler {
     /// buffered; closed otherwise. Decided after the current read batch ends.
     func release(reusable: Bool) {
         exchange = nil
-        guard reusable, !tunnel else { close(); return }
+        guard reusable, !tunnel, !h2GoingAway, h2?.canOpenStream ?? true else { close(); return }
         releasePending = true
         worker.loop.deferWork { [self] in
             releasePending = false
@@ -115,6 +144,7 @@ final class UpstreamConnection: EventHandler {
 
     func flush() {
         guard connected, !isClosed else { return }
+        h2?.takeOutput(into: &out)
         var sent: UInt64 = 0
         let ok: Bool
         if let tls {
@@ -138,7 +168,9 @@ final class UpstreamConnection: EventHandler {
         if out.readableBytes <= Watermark.low { exchange?.upstreamDrained() }
     }
 
-    var outputAboveHighWatermark: Bool { out.readableBytes + cipherOut.readableBytes > Watermark.high }
+    var outputAboveHighWatermark: Bool {
+        out.readableBytes + cipherOut.readableBytes + (h2?.pendingOutboundBytes(streamID: h2Stream) ?? 0) > Watermark.high
+    }
 
     func close() {
         guard !isClosed else { return }
@@ -192,7 +224,7 @@ final class UpstreamConnection: EventHandler {
                 worker.loop.deferWork { [self] in readLoop() }   // strong: see DownstreamConnection.readLoop
                 return
             }
-            guard exchange != nil || releasePending else {
+            guard exchange != nil || releasePending || h2 != nil else {
                 // Idle in the pool: data or EOF both mean this connection is finished.
                 close()
                 return
@@ -223,7 +255,7 @@ final class UpstreamConnection: EventHandler {
                 worker.loop.deferWork { [self] in readLoop() }
                 return
             }
-            guard exchange != nil || releasePending else { close(); return }
+            guard exchange != nil || releasePending || h2 != nil else { close(); return }
             let r: IOResult<Int>
             do { r = try Socket.read(fd, into: worker.scratch) } catch {
                 failed(details: "upstream_reset")
@@ -278,6 +310,10 @@ final class UpstreamConnection: EventHandler {
         return !isClosed
     }
 
+    /// An idle pooled connection can carry another request (an HTTP/2 one may have been told
+    /// GOAWAY, or be at the workload's stream limit).
+    var canAcceptRequest: Bool { h2.map { !h2GoingAway && $0.canOpenStream } ?? true }
+
     /// After backpressure lifts: first the bytes already buffered (the socket may have nothing
     /// new, and edge-triggered epoll will not report them again), then the socket.
     func resumeInput() {
@@ -310,6 +346,11 @@ final class UpstreamConnection: EventHandler {
             }
         }
         if bytes.count > 0 { receivedResponseBytes = true }
+        if let h2 {
+            offset = bytes.count
+            processHTTP2(h2, bytes)
+            return
+        }
         // Keep asking the parser even with no bytes left: an `.end` can follow the last body byte.
         while !isClosed && !readPaused {
             guard let ex = exchange else { return }
@@ -341,6 +382,55 @@ final class UpstreamConnection: EventHandler {
             case .end(let trailers):
                 ex.upstreamResponseEnd(trailers: trailers)
             }
+        }
+    }
+
+    /// HTTP/2 frames from the workload, mapped onto the same exchange callbacks as HTTP/1.1.
+    private func processHTTP2(_ h2: HTTP2ClientSession, _ bytes: UnsafeRawBufferPointer) {
+        var events = h2.receive(bytes)
+        while !events.isEmpty && !isClosed {
+            for e in events { handleHTTP2(e, h2) }
+            events = h2.takeEvents()
+        }
+        flush()   // SETTINGS/PING acknowledgements, WINDOW_UPDATEs
+    }
+
+    private func handleHTTP2(_ event: HTTP2ClientEvent, _ h2: HTTP2ClientSession) {
+        switch event {
+        case .responseHead(let id, let head, let endStream):
+            guard id == h2Stream, let ex = exchange, head.status >= 200 else { return }
+            let framing: BodyFraming
+            if endStream { framing = .none }
+            else if let cl = head.headers.first("content-length"), let n = UInt64(cl) { framing = .contentLength(n) }
+            else { framing = .chunked }
+            var h = head
+            h.version = .http11
+            ex.upstreamResponseHead(h, framing: framing, keepAlive: true)
+            if endStream { exchange?.upstreamResponseEnd(trailers: HTTPHeaders()) }
+        case .responseData(let id, let data, let endStream):
+            guard id == h2Stream, let ex = exchange else {
+                h2.consumed(streamID: id, bytes: data.count)
+                return
+            }
+            if !data.isEmpty {
+                data.withUnsafeBytes { ex.upstreamResponseBody($0) }
+                // Reading the socket stops while the client is behind (readPaused): TCP then
+                // holds the workload back, so the window can reopen at once.
+                h2.consumed(streamID: id, bytes: data.count)
+            }
+            if endStream { exchange?.upstreamResponseEnd(trailers: HTTPHeaders()) }
+        case .responseTrailers(let id, let trailers):
+            guard id == h2Stream else { return }
+            exchange?.upstreamResponseEnd(trailers: trailers)
+        case .streamReset(let id, _):
+            guard id == h2Stream, exchange != nil else { return }
+            failed(details: "upstream_reset")
+        case .goaway:
+            h2GoingAway = true
+        case .connectionError(let why):
+            Diagnostics.log(.warn, "upstream \(address.spec): HTTP/2: \(why)")
+            h2GoingAway = true
+            failed(details: "upstream_protocol_error")
         }
     }
 

@@ -123,7 +123,7 @@ final class Worker {
     // MARK: upstream pools
 
     func pool(for listener: ListenerRuntime) -> UpstreamPool {
-        let key = listener.upstreamKey
+        let key = listener.poolKey
         if let p = pools[key] { return p }
         let p = UpstreamPool(key: key)
         pools[key] = p
@@ -227,7 +227,8 @@ final class UpstreamPool {
 
     func take() -> UpstreamConnection? {
         while let c = idle.popLast() {
-            if !c.isClosed { return c }
+            if !c.isClosed && c.canAcceptRequest { return c }
+            c.close()
         }
         return nil
     }
