@@ -116,3 +116,16 @@ def test_grpc_style_trailers_pass_through(upstream, proxy):
     sock.close()
     assert status == b"200" and len(body) == 1000
     assert trailers.get(b"x-checksum") == hashlib.sha256(body).hexdigest().encode()
+
+
+def test_http11_upgrade_to_h2c_is_never_tunnelled(upstream, proxy):
+    """h2c smuggling: an HTTP/1.1 `Upgrade: h2c` must not reach the workload as an upgrade."""
+    from helpers import http_request
+    a = upstream("A")
+    p = proxy(upstream=a)
+    r = http_request(p.port, "GET", "/echo", headers={"Connection": "Upgrade, HTTP2-Settings",
+                                                      "Upgrade": "h2c", "HTTP2-Settings": "AAMAAABkAAQCAAAAAAIAAAAA"})
+    assert r.status == 200
+    seen = json.loads(r.body)["headers"]
+    assert "upgrade" not in seen and "http2-settings" not in seen
+    assert "upgrade" not in seen.get("connection", "").lower()
