@@ -215,6 +215,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     only = [o for o in args.only.split(",") if o]
     suites = load_tests(args.tests, only)
+    if not suites:
+        print("crs_runner: no CRS test files under %s (../shared/crs-tests beside the repository)" % args.tests)
+        return 1
     work = Path(tempfile.mkdtemp(prefix="crs-runner-"))
     rules = runner_rules(work)
     audit_path = work / "audit.log"

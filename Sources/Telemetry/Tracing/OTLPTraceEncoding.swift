@@ -46,10 +46,28 @@ struct ProtoWriter {
         bytes.append(contentsOf: s.utf8)
     }
 
+    /// A nested message written in place: a one-byte length is reserved and the body written
+    /// straight after it; only a body of 128 bytes or more moves (once) to make room for a longer
+    /// length. Copying every nested message out of a temporary buffer cost an allocation per
+    /// attribute and a full copy of the batch per nesting level.
     mutating func messageField(_ field: UInt64, _ build: (inout ProtoWriter) -> Void) {
-        var inner = ProtoWriter()
-        build(&inner)
-        bytesField(field, inner.bytes)
+        tag(field, .lengthDelimited)
+        let lengthAt = bytes.count
+        bytes.append(0)
+        build(&self)
+        let length = bytes.count - lengthAt - 1
+        if length < 0x80 {
+            bytes[lengthAt] = UInt8(truncatingIfNeeded: length)
+            return
+        }
+        var prefix: [UInt8] = []
+        var v = UInt64(length)
+        while v >= 0x80 {
+            prefix.append(UInt8(truncatingIfNeeded: v) | 0x80)
+            v >>= 7
+        }
+        prefix.append(UInt8(truncatingIfNeeded: v))
+        bytes.replaceSubrange(lengthAt..<(lengthAt + 1), with: prefix)
     }
 }
 
@@ -63,6 +81,7 @@ public enum OTLPTraceEncoding {
     /// are always written (they are a oneof). Times are fixed64, flags fixed32 (field 16).
     public static func protobuf(resource: TelemetryResource, scope: InstrumentationScopeInfo, spans: [FinishedSpan]) -> [UInt8] {
         var w = ProtoWriter()
+        w.bytes.reserveCapacity(256 + spans.count * 512)
         w.messageField(1) { rs in                                    // resource_spans
             rs.messageField(1) { r in                                // resource
                 for a in resource.attributes { r.messageField(1) { writeKeyValue(&$0, a) } }
