@@ -182,16 +182,11 @@ final class DownstreamConnection: EventHandler, ExchangeDownstream, ClientConnec
         var plain = pending
         pending = []
         let had = plain.count
-        var closeNotify = false
+        let closeNotify: Bool
         do {
-            loop: while true {
-                switch try tls.readPlaintext(into: &plain) {
-                case .handshakeCompleted: handshakeCompleted(tls)
-                case .progress: continue
-                case .wantMoreInput: break loop
-                case .closeNotify: closeNotify = true; break loop
-                }
-            }
+            let r = try tls.readAvailable(into: &plain)
+            if r.handshakeCompleted { handshakeCompleted(tls) }
+            closeNotify = r.closeNotify
         } catch {
             handshakeFailed(error)
             return false

@@ -106,22 +106,17 @@ final class HTTP2Connection: EventHandler, ClientConnection {
                 if let tls {
                     tls.receive(bytes)
                     var plain: [UInt8] = []
-                    do {
-                        loop: while true {
-                            switch try tls.readPlaintext(into: &plain) {
-                            case .handshakeCompleted, .progress: continue
-                            case .wantMoreInput: break loop
-                            case .closeNotify:
-                                if !plain.isEmpty { plain.withUnsafeBytes { receive($0) } }
-                                abort(flags: "DC", details: "downstream_closed")
-                                return
-                            }
-                        }
-                    } catch {
+                    let closeNotify: Bool
+                    do { closeNotify = try tls.readAvailable(into: &plain).closeNotify } catch {
                         abort(flags: "DC", details: "tls_error")
                         return
                     }
-                    plain.withUnsafeBytes { receive($0) }
+                    // TLS may have produced records of its own (tickets, alerts) even without plaintext.
+                    if plain.isEmpty { flush() } else { plain.withUnsafeBytes { receive($0) } }
+                    if closeNotify {
+                        abort(flags: "DC", details: "downstream_closed")
+                        return
+                    }
                 } else {
                     receive(bytes)
                 }

@@ -281,16 +281,9 @@ final class UpstreamConnection: EventHandler {
         var plain = pending
         pending = []
         let had = plain.count
-        var closeNotify = false
+        let closeNotify: Bool
         do {
-            loop: while true {
-                switch try tls.readPlaintext(into: &plain) {
-                case .handshakeCompleted: continue
-                case .progress: continue
-                case .wantMoreInput: break loop
-                case .closeNotify: closeNotify = true; break loop
-                }
-            }
+            closeNotify = try tls.readAvailable(into: &plain).closeNotify
         } catch {
             Diagnostics.log(.warn, "upstream \(address.spec): TLS: \(error.message)")
             pending = []

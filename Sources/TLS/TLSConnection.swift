@@ -297,3 +297,29 @@ public final class TLSConnection {
         return error
     }
 }
+
+extension TLSConnection {
+    /// What `readAvailable` found besides plaintext.
+    public struct ReadSummary: Sendable {
+        /// The handshake finished during this call.
+        public var handshakeCompleted = false
+        /// The peer sent close_notify.
+        public var closeNotify = false
+    }
+
+    /// Drives the handshake and appends every plaintext byte available to `plaintext`, until
+    /// OpenSSL needs more input or the peer closed. The one read loop every connection type uses.
+    public func readAvailable(into plaintext: inout [UInt8]) throws(TLSError) -> ReadSummary {
+        var summary = ReadSummary()
+        while true {
+            switch try readPlaintext(into: &plaintext) {
+            case .handshakeCompleted: summary.handshakeCompleted = true
+            case .progress: continue
+            case .wantMoreInput: return summary
+            case .closeNotify:
+                summary.closeNotify = true
+                return summary
+            }
+        }
+    }
+}
