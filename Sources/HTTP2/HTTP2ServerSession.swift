@@ -159,26 +159,15 @@ public final class HTTP2ServerSession {
     /// Appends every frame ready to go (within the peer's flow-control windows) to `out`.
     public func takeOutput(into out: inout ByteBuffer) {
         guard let session else { return }
-        var rounds = 0
-        while rounds < 1_000_000 {
-            rounds += 1
-            var data: UnsafePointer<UInt8>?
-            let n = nghttp2_session_mem_send(session, &data)
-            if n < 0 {
-                if failed { return }
-                fail("nghttp2 send: \(HTTP2ServerSession.describe(Int32(truncatingIfNeeded: n)))", code: HTTP2ErrorCode.internalError)
-                continue
-            }
-            guard n > 0, let data else { return }
-            out.append(UnsafeRawBufferPointer(start: data, count: n))
+        // After a failure the session still has its GOAWAY to send: drain once more.
+        while let code = NghttpOutput.drain(session, into: &out) {
+            if failed { return }
+            fail("nghttp2 send: \(HTTP2ServerSession.describe(code))", code: HTTP2ErrorCode.internalError)
         }
     }
 
     /// True once there is nothing left to read or write: close the connection after flushing.
-    public var wantsClose: Bool {
-        guard let session else { return true }
-        return nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0
-    }
+    public var wantsClose: Bool { NghttpOutput.wantsClose(session) }
 
     /// Streams open in nghttp2 (requests in flight).
     public var openStreamCount: Int { streams.count }
