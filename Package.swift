@@ -44,6 +44,8 @@ let package = Package(
         .target(name: "CInjection", linkerSettings: [.linkedLibrary("dl")]),
         // SecLang engine (ModSecurity rule language, OWASP CRS): pure, no sockets.
         .target(name: "WAF", dependencies: ["OutriderCore", "CPCRE2", "CInjection"], swiftSettings: hotPath),
+        // In-process WAF engine benchmark (make waf-bench): µs per request, no sockets.
+        .executableTarget(name: "WAFBench", dependencies: ["WAF"]),
         // libnghttp2 behind one door: only HTTP2 imports it.
         .systemLibrary(name: "CNghttp2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
         // HTTP/2 server codec on nghttp2: a session fed bytes that returns events and output.

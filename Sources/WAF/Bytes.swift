@@ -55,7 +55,9 @@ func isHex(_ c: UInt8) -> Bool { hexValue(c) != nil }
 @inline(__always) func isSpaceByte(_ c: UInt8) -> Bool { c == 32 || (c >= 9 && c <= 13) }
 
 /// Leading decimal integer like atoi (optional sign, stops at the first non-digit, 0 if none).
-func parseLeadingInt(_ b: Bytes) -> Int {
+func parseLeadingInt(_ b: Bytes) -> Int { b.withUnsafeBufferPointer { parseLeadingInt($0) } }
+
+func parseLeadingInt(_ b: UnsafeBufferPointer<UInt8>) -> Int {
     var i = 0
     while i < b.count, isSpaceByte(b[i]) { i += 1 }
     var neg = false
@@ -73,24 +75,25 @@ func parseLeadingInt(_ b: Bytes) -> Int {
 func bytesContains(_ hay: Bytes, _ needle: Bytes) -> Bool { bytesFind(hay, needle) != nil }
 
 func bytesFind(_ hay: Bytes, _ needle: Bytes) -> Int? {
-    if needle.isEmpty { return 0 }
-    if needle.count > hay.count { return nil }
-    let first = needle[0]
-    let last = hay.count - needle.count
+    hay.withUnsafeBufferPointer { h in needle.withUnsafeBufferPointer { n in bytesFind(h, n) } }
+}
+
+/// The offset of the first occurrence of `n` in `h` (0 for an empty needle), or nil.
+func bytesFind(_ h: UnsafeBufferPointer<UInt8>, _ n: UnsafeBufferPointer<UInt8>) -> Int? {
+    if n.isEmpty { return 0 }
+    if n.count > h.count { return nil }
+    let first = n[0]
+    let last = h.count - n.count
     var i = 0
-    return hay.withUnsafeBufferPointer { h in
-        needle.withUnsafeBufferPointer { n in
-            while i <= last {
-                if h[i] == first {
-                    var j = 1
-                    while j < n.count, h[i + j] == n[j] { j += 1 }
-                    if j == n.count { return i }
-                }
-                i += 1
-            }
-            return nil
+    while i <= last {
+        if h[i] == first {
+            var j = 1
+            while j < n.count, h[i + j] == n[j] { j += 1 }
+            if j == n.count { return i }
         }
+        i += 1
     }
+    return nil
 }
 
 extension Int {

@@ -91,7 +91,8 @@ enum KeySelector: Sendable {
     case exact(String)
     case regex(Regex)
 
-    func matches(_ keyLower: String, _ key: Bytes) -> Bool {
+    /// For stored collections (TX, IP, …), whose keys are kept as lowercase Strings.
+    func matchesStored(_ keyLower: String, _ key: Bytes) -> Bool {
         switch self {
         case .all: return true
         case .exact(let k): return k == keyLower
@@ -114,9 +115,6 @@ struct Exclusion: Sendable {
     var collection: Collection
     var key: KeySelector
 
-    func excludes(_ c: Collection, _ keyLower: String, _ key: Bytes) -> Bool {
-        collection == c && self.key.matches(keyLower, key)
-    }
 }
 
 /// A string with `%{collection.key}` macros, split at load.
@@ -195,8 +193,22 @@ final class Operator: Sendable {
     /// The parameter (macros expanded per request when not constant).
     let param: Macro
     let name: String
+    /// The compiled regex of `@rx` (read without matching on `kind`, which copies the payload).
+    let regex: Regex?
+    /// The automaton of `@pm` / `@pmFromFile`.
+    let phrases: AhoCorasick?
+    /// Whether the operator reads its parameter at run time (the comparison operators).
+    let usesParam: Bool
     init(kind: OperatorKind, negated: Bool, param: Macro, name: String) {
         self.kind = kind; self.negated = negated; self.param = param; self.name = name
+        switch kind {
+        case .rx(let r): regex = r; phrases = nil; usesParam = false
+        case .pm(let a): regex = nil; phrases = a; usesParam = false
+        case .validateByteRange, .ipMatch, .detectSQLi, .detectXSS, .unconditional, .noMatch, .unsupported,
+             .validateUrlEncoding, .validateUtf8Encoding:
+            regex = nil; phrases = nil; usesParam = false
+        default: regex = nil; phrases = nil; usesParam = true
+        }
     }
 }
 

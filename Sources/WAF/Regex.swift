@@ -39,26 +39,38 @@ final class Regex: @unchecked Sendable {
     }
 
     func matches(_ s: Bytes) -> Bool {
+        s.withUnsafeBufferPointer { matches($0) }
+    }
+
+    /// With the caller's scratch (a transaction fetches its thread's once).
+    @inline(__always) func matches(_ p: UnsafeBufferPointer<UInt8>, _ scratch: UnsafeMutablePointer<cpcre2_scratch>?) -> Bool {
+        guard let scratch else { return false }
+        return run(p, scratch) >= 0
+    }
+
+    func matches(_ p: UnsafeBufferPointer<UInt8>) -> Bool {
         guard let scratch = RegexScratch.current else { return false }
-        return s.withUnsafeBufferPointer { run($0, scratch) } >= 0
+        return run(p, scratch) >= 0
+    }
+
+    func firstMatch(_ s: Bytes, groups: Int) -> [Bytes]? {
+        s.withUnsafeBufferPointer { firstMatch($0, groups: groups) }
     }
 
     /// The whole match and up to `groups` capture groups (empty for unset ones), or nil.
-    func firstMatch(_ s: Bytes, groups: Int) -> [Bytes]? {
+    func firstMatch(_ p: UnsafeBufferPointer<UInt8>, groups: Int) -> [Bytes]? {
         guard let scratch = RegexScratch.current else { return nil }
-        return s.withUnsafeBufferPointer { p -> [Bytes]? in
-            let rc = run(p, scratch)
-            if rc < 0 { return nil }
-            guard let ov = cpcre2_ovector(scratch) else { return nil }
-            let pairs = Int(cpcre2_ovector_count(scratch))
-            let n = rc == 0 ? pairs : min(Int(rc), pairs)
-            var out: [Bytes] = []
-            for g in 0..<min(n, groups + 1) {
-                let a = ov[2 * g], b = ov[2 * g + 1]
-                if a == cpcre2_unset() || b < a || b > p.count { out.append([]) } else { out.append(Array(p[a..<b])) }
-            }
-            return out
+        let rc = run(p, scratch)
+        if rc < 0 { return nil }
+        guard let ov = cpcre2_ovector(scratch) else { return nil }
+        let pairs = Int(cpcre2_ovector_count(scratch))
+        let n = rc == 0 ? pairs : min(Int(rc), pairs)
+        var out: [Bytes] = []
+        for g in 0..<min(n, groups + 1) {
+            let a = ov[2 * g], b = ov[2 * g + 1]
+            if a == cpcre2_unset() || b < a || b > p.count { out.append([]) } else { out.append(Array(p[a..<b])) }
         }
+        return out
     }
 }
 
@@ -82,22 +94,35 @@ enum RegexScratch {
 }
 
 /// Case-insensitive multi-pattern search (@pm, @pmFromFile): Aho–Corasick over bytes with
-/// ASCII case folding; reports the first phrase found.
+/// ASCII case folding; reports the first phrase found. Built as a trie with failure links, then
+/// flattened: each node's edges are a run of (byte, target) pairs in two flat arrays, so the
+/// search loop reads plain integers.
 final class AhoCorasick: @unchecked Sendable {
-    @exclusivity(unchecked) private var rootNext = [Int32](repeating: 0, count: 256)
-    @exclusivity(unchecked) private var edges: [[(UInt8, Int32)]] = [[]]
-    @exclusivity(unchecked) private var fail: [Int32] = [0]
+    /// The root's transitions for every byte (0: stay at the root).
+    private let rootNext: [Int32]
+    /// Node n's edges are edgeBytes/edgeTargets[edgeStart[n] ..< edgeStart[n + 1]].
+    private let edgeStart: [Int32]
+    private let edgeBytes: [UInt8]
+    private let edgeTargets: [Int32]
+    private let fail: [Int32]
     /// Pattern index ending here (directly or through the dictionary suffix), -1 if none.
-    @exclusivity(unchecked) private var output: [Int32] = [-1]
+    private let output: [Int32]
     let patterns: [Bytes]
 
     init(_ phrases: [Bytes]) {
         patterns = phrases.filter { !$0.isEmpty }
+        var edges: [[(UInt8, Int32)]] = [[]]
+        var fail: [Int32] = [0]
+        var output: [Int32] = [-1]
+        func child(_ node: Int32, _ c: UInt8) -> Int32? {
+            for (k, v) in edges[Int(node)] where k == c { return v }
+            return nil
+        }
         for (pi, p) in patterns.enumerated() {
             var node: Int32 = 0
             for raw in p {
                 let c = lowerByte(raw)
-                if let nx = edges[Int(node)].first(where: { $0.0 == c })?.1 { node = nx; continue }
+                if let nx = child(node, c) { node = nx; continue }
                 let n = Int32(edges.count)
                 edges.append([]); fail.append(0); output.append(-1)
                 edges[Int(node)].append((c, n))
@@ -105,7 +130,6 @@ final class AhoCorasick: @unchecked Sendable {
             }
             if output[Int(node)] < 0 { output[Int(node)] = Int32(pi) }
         }
-        for (c, n) in edges[0] { rootNext[Int(c)] = n }
         // BFS for failure links.
         var queue: [Int32] = edges[0].map { $0.1 }
         var qi = 0
@@ -121,30 +145,46 @@ final class AhoCorasick: @unchecked Sendable {
                 queue.append(v)
             }
         }
+        var root = [Int32](repeating: 0, count: 256)
+        for (c, n) in edges[0] { root[Int(c)] = n }
+        var start: [Int32] = [0]
+        var bytes: [UInt8] = []
+        var targets: [Int32] = []
+        for e in edges {
+            for (c, n) in e { bytes.append(c); targets.append(n) }
+            start.append(Int32(bytes.count))
+        }
+        rootNext = root; edgeStart = start; edgeBytes = bytes; edgeTargets = targets
+        self.fail = fail; self.output = output
     }
 
-    @inline(__always) private func child(_ node: Int32, _ c: UInt8) -> Int32? {
-        if node == 0 { let n = rootNext[Int(c)]; return n == 0 ? nil : n }
-        for (k, v) in edges[Int(node)] where k == c { return v }
-        return nil
-    }
+    func search(_ s: Bytes) -> Int? { s.withUnsafeBufferPointer { search($0) } }
 
     /// The index of a phrase found in `s`, or nil.
-    func search(_ s: Bytes) -> Int? {
-        var node: Int32 = 0
-        for raw in s {
-            let c = lowerByte(raw)
-            while true {
-                if node == 0 { node = rootNext[Int(c)]; break }
-                var found: Int32 = -1
-                for (k, v) in edges[Int(node)] where k == c { found = v; break }
-                if found >= 0 { node = found; break }
-                node = fail[Int(node)]
+    func search(_ s: UnsafeBufferPointer<UInt8>) -> Int? {
+        rootNext.withUnsafeBufferPointer { root in
+        edgeStart.withUnsafeBufferPointer { start in
+        edgeBytes.withUnsafeBufferPointer { eb in
+        edgeTargets.withUnsafeBufferPointer { et in
+        fail.withUnsafeBufferPointer { fail in
+        output.withUnsafeBufferPointer { output -> Int? in
+            var node: Int32 = 0
+            for raw in s {
+                let c = lowerByte(raw)
+                while true {
+                    if node == 0 { node = root[Int(c)]; break }
+                    var found: Int32 = -1
+                    var k = Int(start[Int(node)])
+                    let end = Int(start[Int(node) + 1])
+                    while k < end { if eb[k] == c { found = et[k]; break }; k += 1 }
+                    if found >= 0 { node = found; break }
+                    node = fail[Int(node)]
+                }
+                let o = output[Int(node)]
+                if o >= 0 { return Int(o) }
             }
-            let o = output[Int(node)]
-            if o >= 0 { return Int(o) }
-        }
-        return nil
+            return nil
+        }}}}}}
     }
 }
 

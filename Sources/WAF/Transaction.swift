@@ -1,4 +1,5 @@
 import CInjection
+import CPCRE2
 
 /// What a rule decided for the request: ModSecurity's intervention.
 public struct Intervention: Sendable, Equatable {
@@ -58,25 +59,34 @@ extension String {
     }
 }
 
-/// One argument, header, cookie or file entry.
+/// A run of bytes in the transaction's arena (`count < 0`: absent). Plain integers, so the
+/// values rules look at move through the evaluator without reference counting.
+struct Span: Equatable {
+    var start: Int
+    var count: Int
+    static let none = Span(start: 0, count: -1)
+    static let empty = Span(start: 0, count: 0)
+    @inline(__always) var exists: Bool { count >= 0 }
+}
+
+/// One argument, header, cookie or file entry; its bytes live in the arena.
 struct Entry {
-    var key: Bytes
-    var keyLower: String
-    var value: Bytes
+    var key: Span
+    /// The key in ASCII lowercase (keys compare case-insensitively, as in ModSecurity).
+    var keyLower: Span
+    var value: Span
+    /// Transformation cache id of the value (the name's is `id + 1`).
     var id: Int
 }
 
 /// A value a target produced, before transformation.
 struct Value {
     var collection: Collection
-    var key: Bytes?
-    var value: Bytes
-    /// Transformation cache id (-1: not cached; ≤ -3: the name of entry -2 - id).
+    /// The key (`none` for scalars).
+    var key: Span
+    var value: Span
+    /// Transformation cache id (-1: not cached).
     var id: Int
-    var name: Bytes {
-        guard let key else { return collection.rawValue.latin1 }
-        return collection.rawValue.latin1 + [58] + key
-    }
 }
 
 /// Keyed variable store (TX, IP, …): case-insensitive keys, original spelling kept.
@@ -94,20 +104,11 @@ struct VarStore {
     mutating func remove(_ key: Bytes) { map[keyString(key)] = nil }
 }
 
-/// One value's transformation results by chain id (chain ids apart so the scan touches no references).
-struct TransformSlot {
-    var chains: [Int] = []
-    var results: [Bytes] = []
-    @inline(__always) func lookup(_ chain: Int) -> Bytes? {
-        chains.withUnsafeBufferPointer { c in
-            for i in 0..<c.count where c[i] == chain { return results[i] }
-            return nil
-        }
-    }
-    mutating func add(_ chain: Int, _ b: Bytes) {
-        if chains.isEmpty { chains.reserveCapacity(16); results.reserveCapacity(16) }
-        chains.append(chain); results.append(b)
-    }
+/// The fixed scalars whose transformations are cached (id = 2 * case + 2).
+enum Scalar: Int, CaseIterable {
+    case filename, basename, uri, uriRaw, requestLine, method, proto, queryString, requestBody, xmlText, responseBody
+    static let count = allCases.count
+    var id: Int { 2 * rawValue + 2 }
 }
 
 /// Per-collection variable stores, indexed by collection case (no hashing).
@@ -174,24 +175,25 @@ public final class Transaction {
     @exclusivity(unchecked) public private(set) var responseBodyAccess: Bool
 
     // Match state.
-    @exclusivity(unchecked) var matchedVar: Bytes = []
+    /// MATCHED_VAR: the last matched value after transformation.
+    @exclusivity(unchecked) var matchedVar: Span = .empty
     /// The last matched value; its name (MATCHED_VAR_NAME) is built only when asked for.
     @exclusivity(unchecked) var matchedValue: Value?
     @exclusivity(unchecked) var matchedVarNameCache: Bytes?
     var matchedVarName: Bytes {
         if let n = matchedVarNameCache { return n }
-        let n = matchedValue?.name ?? []
+        let n = matchedValue.map { name($0) } ?? []
         matchedVarNameCache = n
         return n
     }
     /// MATCHED_VARS: matches not yet turned into entries (done when a rule reads the collection).
-    @exclusivity(unchecked) var pendingMatchedVars: [(Value, Bytes)] = []
+    @exclusivity(unchecked) var pendingMatchedVars: [(Value, Span)] = []
     @exclusivity(unchecked) var matchedVarsBuilt: [Entry] = []
     var matchedVars: [Entry] {
         if !pendingMatchedVars.isEmpty {
             for (v, tv) in pendingMatchedVars {
-                let n = v.name
-                matchedVarsBuilt.append(Entry(key: n, keyLower: keyString(n), value: tv, id: -1))
+                let n = name(v)
+                matchedVarsBuilt.append(Entry(key: store(n), keyLower: store(asciiLower(n)), value: tv, id: -1))
             }
             pendingMatchedVars.removeAll(keepingCapacity: true)
         }
@@ -208,12 +210,24 @@ public final class Transaction {
     @exclusivity(unchecked) public private(set) var intervention: Intervention?
     /// Every matched rule (chain starter) in order.
     @exclusivity(unchecked) public private(set) var matches: [RuleMatch] = []
-    /// Transformation results per value id: small (chain id, result) lists, scanned linearly.
-    @exclusivity(unchecked) var tcache: [TransformSlot] = []
-    @exclusivity(unchecked) var tcacheFixed: [TransformSlot] = []
-    /// Names of entries (value id -2 - entry id).
-    @exclusivity(unchecked) var tcacheNames: [TransformSlot] = []
-    @exclusivity(unchecked) var nextID = 0
+    /// Transformation results by (value id << 16 | chain id), open addressing.
+    @exclusivity(unchecked) var cacheKeys: [Int] = []
+    @exclusivity(unchecked) var cacheSpans: [Span] = []
+    @exclusivity(unchecked) var cacheUsed = 0
+    /// This thread's PCRE2 match data and JIT stack.
+    let scratch: UnsafeMutablePointer<cpcre2_scratch>?
+    /// Entry ids are even and start above the ids of the fixed scalars (`Scalar`).
+    @exclusivity(unchecked) var nextID = 64
+    /// Fixed scalars (REQUEST_URI, …) copied into the arena on first use.
+    @exclusivity(unchecked) var scalarSpans = [Span](repeating: .none, count: Scalar.count)
+    /// XML attribute values as entries, built on first use.
+    @exclusivity(unchecked) var xmlAttributeEntries: [Entry]?
+
+    /// The arena: every value, key and transformation result of this request, appended and
+    /// never moved within a rule evaluation's borrow (see `buffer`). Freed with the transaction.
+    @exclusivity(unchecked) var arenaBase: UnsafeMutablePointer<UInt8>
+    @exclusivity(unchecked) var arenaCount = 0
+    @exclusivity(unchecked) var arenaCapacity = 8192
     @exclusivity(unchecked) var phasesRun = Set<Int>()
 
     public init(ruleSet: RuleSet, requestID: String, clientAddress: String, clientPort: Int = 0,
@@ -229,14 +243,71 @@ public final class Transaction {
         requestBodyAccess = ruleSet.settings.requestBodyAccess
         requestBodyLimit = ruleSet.settings.requestBodyLimit
         responseBodyAccess = ruleSet.settings.responseBodyAccess
+        arenaBase = .allocate(capacity: 8192)
+        scratch = RegexScratch.current
+    }
+
+    deinit { arenaBase.deallocate() }
+
+    // MARK: arena
+
+    /// Appends bytes to the arena. Pointers from `buffer` are invalid after this call.
+    func store(_ p: UnsafeBufferPointer<UInt8>) -> Span {
+        let n = p.count
+        if n == 0 { return .empty }
+        if arenaCount + n > arenaCapacity {
+            let cap = max(arenaCapacity * 2, arenaCount + n)
+            let nb = UnsafeMutablePointer<UInt8>.allocate(capacity: cap)
+            nb.update(from: arenaBase, count: arenaCount)
+            arenaBase.deallocate()
+            arenaBase = nb
+            arenaCapacity = cap
+        }
+        if let src = p.baseAddress { (arenaBase + arenaCount).update(from: src, count: n) }
+        let s = Span(start: arenaCount, count: n)
+        arenaCount += n
+        return s
+    }
+
+    func store(_ b: Bytes) -> Span { b.withUnsafeBufferPointer { store($0) } }
+
+    /// The bytes of a span, valid until the next `store`.
+    @inline(__always) func buffer(_ s: Span) -> UnsafeBufferPointer<UInt8> {
+        UnsafeBufferPointer(start: arenaBase + s.start, count: s.count > 0 ? s.count : 0)
+    }
+
+    func bytes(_ s: Span) -> Bytes { Array(buffer(s)) }
+    func string(_ s: Span) -> String { String(latin1: buffer(s)) }
+
+    /// Whether the span holds exactly `b`.
+    func spanEquals(_ s: Span, _ b: Bytes) -> Bool {
+        guard s.count == b.count else { return false }
+        let p = buffer(s)
+        return b.withUnsafeBufferPointer { q in
+            guard let a = p.baseAddress, let c = q.baseAddress else { return true }
+            return memcmp(a, c, b.count) == 0
+        }
+    }
+
+    /// A value's name as rules and logs show it: `ARGS:id`, `REQUEST_URI`.
+    func name(_ v: Value) -> Bytes {
+        guard v.key.exists else { return v.collection.rawValue.latin1 }
+        return v.collection.rawValue.latin1 + [58] + bytes(v.key)
     }
 
     /// Forces DetectionOnly (shadow mode) whatever SecRuleEngine says.
     public func forceDetectionOnly() { if mode == .on { mode = .detectionOnly } }
 
-    func newID() -> Int { nextID += 1; return nextID }
+    func newID() -> Int { nextID += 2; return nextID }
 
-    func entry(_ k: Bytes, _ v: Bytes) -> Entry { Entry(key: k, keyLower: keyString(k), value: v, id: newID()) }
+    func entry(_ k: Bytes, _ v: Bytes) -> Entry {
+        let key = store(k)
+        let lower = k.contains(where: { $0 >= 65 && $0 <= 90 }) ? store(asciiLower(k)) : key
+        return Entry(key: key, keyLower: lower, value: store(v), id: newID())
+    }
+
+    /// Whether the entry's lowercased key is `lower`.
+    @inline(__always) func keyIs(_ e: Entry, _ lower: Bytes) -> Bool { spanEquals(e.keyLower, lower) }
 
     // MARK: request
 
@@ -262,10 +333,11 @@ public final class Transaction {
         basename = decodedPath.lastIndex(of: 47).map { Array(decodedPath[($0 + 1)...]) } ?? decodedPath
         uri = T.uriDecode(queryString.isEmpty && !uriRaw.contains(63) ? path : path + [63] + queryString)
         for (name, value) in h {
-            let e = entry(Array(name.utf8), Array(value.utf8))
+            let v = Array(value.utf8)
+            let e = entry(Array(name.utf8), v)
             headers.append(e)
-            if e.keyLower == "cookie" { cookies += parseCookies(e.value) }
-            if e.keyLower == "host" { hostname = value }
+            if keyIs(e, Transaction.cookieKey) { cookies += parseCookies(v) }
+            if keyIs(e, Transaction.hostKey) { hostname = value }
         }
         if let ct = header("content-type") {
             let l = asciiLower(ct)
@@ -278,7 +350,13 @@ public final class Transaction {
         return runPhase(1)
     }
 
-    func header(_ lower: String) -> Bytes? { headers.first { $0.keyLower == lower }?.value }
+    static let cookieKey = Array("cookie".utf8), hostKey = Array("host".utf8)
+    static let contentTypeKey = Array("content-type".utf8), contentLengthKey = Array("content-length".utf8)
+
+    func header(_ lower: String) -> Bytes? {
+        let k = Array(lower.utf8)
+        return headers.first { keyIs($0, k) }.map { bytes($0.value) }
+    }
 
     /// Appends request body bytes; false once the body exceeds the limit (bytes beyond are dropped).
     @discardableResult
@@ -315,6 +393,9 @@ public final class Transaction {
             }
         }
         if bodyLimitExceeded { flags[.inboundDataError] = 1 }
+        resetScalar(.requestBody)
+        resetScalar(.xmlText)
+        xmlAttributeEntries = nil
         return runPhase(2)
     }
 
@@ -330,7 +411,7 @@ public final class Transaction {
     /// Whether the response body should be buffered for phase 4 (access on, MIME type listed).
     public var wantsResponseBody: Bool {
         guard responseBodyAccess, mode != .off else { return false }
-        guard let ct = responseHeaders.first(where: { $0.keyLower == "content-type" })?.value else { return false }
+        guard let ct = responseHeaders.first(where: { keyIs($0, Transaction.contentTypeKey) }).map({ bytes($0.value) }) else { return false }
         let mime = String(latin1: asciiLower(Array(ct.prefix { $0 != 59 }))).trimmingSpaces
         return rs.settings.responseBodyMimeTypes.contains(mime)
     }
@@ -340,7 +421,10 @@ public final class Transaction {
         if room > 0 { responseBody.append(contentsOf: bytes.prefix(room)) }
     }
 
-    public func processResponseBody() -> Intervention? { runPhase(4) }
+    public func processResponseBody() -> Intervention? {
+        resetScalar(.responseBody)
+        return runPhase(4)
+    }
 
     public func processLogging() { _ = runPhase(5) }
 
@@ -408,7 +492,7 @@ public final class Transaction {
         let m = RuleMatch(id: r.id, phase: phase, msg: r.msg.map { String(latin1: expand($0, rule: r)) } ?? "",
                           data: r.logdata.map { String(latin1: expand($0, rule: r)) } ?? "",
                           severity: r.severity, tags: r.tags, ver: r.ver, rev: r.rev, maturity: r.maturity, accuracy: r.accuracy,
-                          file: r.file, line: r.line, matchedVarName: String(latin1: matchedVarName), matchedVar: String(latin1: matchedVar),
+                          file: r.file, line: r.line, matchedVarName: String(latin1: matchedVarName), matchedVar: string(matchedVar),
                           operatorName: lastOperatorName, operatorParam: lastOperatorParamText ?? String(latin1: lastOperatorParam), disruptive: disruptive, log: log || disruptive)
         matches.append(m)
     }
@@ -442,7 +526,7 @@ public final class Transaction {
         currentRule = starter
         if r.targets.isEmpty {
             lastOperatorName = "unconditionalMatch"
-            let m = execute(r.op, [], capture: r.capture)
+            let m = execute(r.op, .empty, capture: r.capture)
             if m { runSetVars(r) }
             return m
         }
@@ -459,16 +543,21 @@ public final class Transaction {
             let transforms = r.transforms
             for t in r.targets {
                 collect(t, exclusions: exclusions) { v in
-                    var cur = v.value
-                    if execute(op, cur, capture: capture) { noteMatch(v, cur, r); matched = true; return }
-                    var hit = false
+                    if execute(op, v.value, capture: capture) { noteMatch(v, v.value, r); matched = true; return }
+                    var cur = bytes(v.value)
                     for tr in transforms {
                         let next = tr.apply(cur)
                         if next == cur { continue }
                         cur = next
-                        if execute(op, cur, capture: capture) { hit = true; break }
+                        let s = store(cur)
+                        if execute(op, s, capture: capture) { noteMatch(v, s, r); matched = true; return }
                     }
-                    if hit { noteMatch(v, cur, r); matched = true }
+                }
+            }
+        } else if r.transforms.isEmpty {
+            for t in r.targets {
+                collect(t, exclusions: exclusions) { v in
+                    if execute(op, v.value, capture: capture) { noteMatch(v, v.value, r); matched = true }
                 }
             }
         } else {
@@ -482,7 +571,7 @@ public final class Transaction {
         return matched
     }
 
-    func noteMatch(_ v: Value, _ tv: Bytes, _ r: Rule) {
+    func noteMatch(_ v: Value, _ tv: Span, _ r: Rule) {
         matchedVar = tv
         matchedValue = v
         matchedVarNameCache = nil
@@ -491,47 +580,63 @@ public final class Transaction {
         runSetVars(r)
     }
 
-    func transformed(_ v: Value, _ r: Rule) -> Bytes {
-        if r.transforms.isEmpty { return v.value }
-        if v.id >= 0 {
-            // Entries (ids 1..<1_000_000) in one table; scalars (1_000_000+k) and XML attributes (2_000_000+k) in the other.
-            let fixed = v.id >= 1_000_000
-            let slot = v.id < 1_000_000 ? v.id : v.id < 2_000_000 ? v.id - 1_000_000 : v.id - 2_000_000 + 64
-            let chain = r.transformChainID
-            if fixed {
-                if slot < tcacheFixed.count {
-                    if let hit = tcacheFixed[slot].lookup(chain) { return hit }
-                } else {
-                    tcacheFixed.append(contentsOf: repeatElement(TransformSlot(), count: slot + 1 - tcacheFixed.count))
-                }
-            } else {
-                if slot < tcache.count {
-                    if let hit = tcache[slot].lookup(chain) { return hit }
-                } else {
-                    tcache.append(contentsOf: repeatElement(TransformSlot(), count: slot + 1 - tcache.count))
-                }
-            }
-            var cur = v.value
-            for t in r.transforms { cur = t.apply(cur) }
-            if fixed { tcacheFixed[slot].add(chain, cur) } else { tcache[slot].add(chain, cur) }
-            return cur
+    /// The value after the rule's transformations, cached per (value id, transformation chain).
+    func transformed(_ v: Value, _ r: Rule) -> Span {
+        let id = v.id
+        guard id >= 0 else { return applyTransforms(v.value, r) }
+        let key = id &<< 16 | r.transformChainID
+        if let hit = cacheLookup(key) { return hit }
+        let result = applyTransforms(v.value, r)
+        cacheInsert(key, result)
+        return result
+    }
+
+    /// Open addressing over (key, span) slots; key -1 marks an empty slot.
+    @inline(__always) func cacheLookup(_ key: Int) -> Span? {
+        if cacheKeys.isEmpty { return nil }
+        let mask = cacheKeys.count - 1
+        var i = (key &* -7046029254386353131) &>> 20 & mask
+        while true {
+            let k = cacheKeys[i]
+            if k == key { return cacheSpans[i] }
+            if k == -1 { return nil }
+            i = (i + 1) & mask
         }
-        if v.id <= -3 {
-            let slot = -2 &- v.id
-            let chain = r.transformChainID
-            if slot < tcacheNames.count {
-                if let hit = tcacheNames[slot].lookup(chain) { return hit }
-            } else {
-                tcacheNames.append(contentsOf: repeatElement(TransformSlot(), count: slot + 1 - tcacheNames.count))
-            }
-            var cur = v.value
-            for t in r.transforms { cur = t.apply(cur) }
-            tcacheNames[slot].add(chain, cur)
-            return cur
+    }
+
+    func cacheInsert(_ key: Int, _ span: Span) {
+        if (cacheUsed + 1) * 2 > cacheKeys.count {
+            let oldKeys = cacheKeys, oldSpans = cacheSpans
+            let n = max(256, cacheKeys.count * 2)
+            cacheKeys = [Int](repeating: -1, count: n)
+            cacheSpans = [Span](repeating: .none, count: n)
+            cacheUsed = 0
+            for j in oldKeys.indices where oldKeys[j] != -1 { cacheInsert(oldKeys[j], oldSpans[j]) }
         }
-        var cur = v.value
+        let mask = cacheKeys.count - 1
+        var i = (key &* -7046029254386353131) &>> 20 & mask
+        while cacheKeys[i] != -1 && cacheKeys[i] != key { i = (i + 1) & mask }
+        if cacheKeys[i] == -1 { cacheUsed += 1 }
+        cacheKeys[i] = key
+        cacheSpans[i] = span
+    }
+
+    func applyTransforms(_ s: Span, _ r: Rule) -> Span {
+        let original = bytes(s)
+        var cur = original
         for t in r.transforms { cur = t.apply(cur) }
-        return cur
+        return cur == original ? s : store(cur)
+    }
+
+    /// Forgets a fixed scalar and its cached transformations (its bytes changed: the request body arrived).
+    func resetScalar(_ k: Scalar) {
+        scalarSpans[k.rawValue] = .none
+        if cacheKeys.isEmpty { return }
+        // Rare (once per body): drop every cached result of this scalar.
+        let oldKeys = cacheKeys, oldSpans = cacheSpans
+        cacheKeys = [Int](repeating: -1, count: oldKeys.count)
+        cacheUsed = 0
+        for j in oldKeys.indices where oldKeys[j] != -1 && oldKeys[j] &>> 16 != k.id { cacheInsert(oldKeys[j], oldSpans[j]) }
     }
 
     // MARK: variables
@@ -540,6 +645,29 @@ public final class Transaction {
         var out: [Value] = []
         collect(t, exclusions: exclusions) { out.append($0) }
         return out
+    }
+
+    /// Whether the key selector selects the entry.
+    @inline(__always) func selects(_ sel: KeySelector, _ e: Entry) -> Bool {
+        switch sel {
+        case .all: return true
+        case .exact(let k): return keyIs(e, k)
+        case .regex(let r): return r.matches(buffer(e.key))
+        }
+    }
+
+    /// Whether the entry's lowercased key is `lower` (a lowercase String).
+    @inline(__always) func keyIs(_ e: Entry, _ lower: String) -> Bool {
+        let n = e.keyLower.count
+        guard n == lower.utf8.count else { return false }
+        if n == 0 { return true }
+        let p = arenaBase + e.keyLower.start
+        return lower.utf8.withContiguousStorageIfAvailable { q in memcmp(p, q.baseAddress!, n) == 0 } ?? false
+    }
+
+    @inline(__always) func excluded(_ exclusions: [Exclusion], _ c: Collection, _ e: Entry) -> Bool {
+        for x in exclusions where x.collection == c && selects(x.key, e) { return true }
+        return false
     }
 
     /// Calls `visit` with every value the target selects (no list built), or once with the count for `&`.
@@ -566,8 +694,8 @@ public final class Transaction {
             case .tx:
                 if case .exact(let k) = t.key {
                     guard let kv = collections.slots[Collection.tx.ordinal].map[k] else { return }
-                    if !exclusions.isEmpty, exclusions.contains(where: { $0.excludes(.tx, k, kv.key) }) { return }
-                    visit(Value(collection: .tx, key: kv.key, value: kv.value, id: -1))
+                    if !exclusions.isEmpty, exclusions.contains(where: { $0.collection == .tx && $0.key.matchesStored(k, kv.key) }) { return }
+                    visit(Value(collection: .tx, key: store(kv.key), value: store(kv.value), id: -1))
                     return
                 }
             case .xml:
@@ -589,11 +717,13 @@ public final class Transaction {
         case .exact(let k): exact = k
         case .regex(let r): regex = r
         }
+        let checkExclusions = !exclusions.isEmpty && exclusions.contains { $0.collection == c }
         for i in list.indices {
-            if let exact, list[i].keyLower != exact { continue }
-            if let regex, !regex.matches(list[i].key) { continue }
-            if !exclusions.isEmpty, exclusions.contains(where: { $0.excludes(c, list[i].keyLower, list[i].key) }) { continue }
-            visit(Value(collection: c, key: list[i].key, value: names ? list[i].key : list[i].value, id: names ? -2 &- list[i].id : list[i].id))
+            let e = list[i]
+            if let exact, !keyIs(e, exact) { continue }
+            if let regex, !regex.matches(buffer(e.key)) { continue }
+            if checkExclusions, excluded(exclusions, c, e) { continue }
+            visit(Value(collection: c, key: e.key, value: names ? e.key : e.value, id: names ? e.id &+ 1 : e.id))
         }
     }
 
@@ -603,34 +733,36 @@ public final class Transaction {
         func out(_ v: Value) { if counting { count += 1 } else { visit(v) } }
         func keyed(_ list: [Entry], _ c: Collection, names: Bool = false, reportAs: Collection? = nil) {
             let selector = t.key
-            let all: Bool
-            if case .all = selector { all = true } else { all = false }
-            for i in list.indices {
-                if !all {
-                    if case .exact(let k) = selector, list[i].keyLower != k { continue }
-                    guard selector.matches(list[i].keyLower, list[i].key) else { continue }
-                }
-                if !exclusions.isEmpty, exclusions.contains(where: { x in x.excludes(c, list[i].keyLower, list[i].key) || (reportAs.map { r in x.excludes(r, list[i].keyLower, list[i].key) } ?? false) }) { continue }
-                out(Value(collection: reportAs ?? c, key: list[i].key, value: names ? list[i].key : list[i].value, id: names ? -2 &- list[i].id : list[i].id))
+            for e in list {
+                guard selects(selector, e) else { continue }
+                if !exclusions.isEmpty, excluded(exclusions, c, e) || (reportAs.map { excluded(exclusions, $0, e) } ?? false) { continue }
+                out(Value(collection: reportAs ?? c, key: e.key, value: names ? e.key : e.value, id: names ? e.id &+ 1 : e.id))
             }
         }
         func store(_ c: Collection) {
             guard let s = collections[c] else { return }
             if case .exact(let k) = t.key {
-                if let kv = s.map[k], exclusions.isEmpty || !exclusions.contains(where: { $0.excludes(c, k, kv.key) }) {
-                    out(Value(collection: c, key: kv.key, value: kv.value, id: -1))
+                if let kv = s.map[k], exclusions.isEmpty || !exclusions.contains(where: { $0.collection == c && $0.key.matchesStored(k, kv.key) }) {
+                    out(Value(collection: c, key: self.store(kv.key), value: self.store(kv.value), id: -1))
                 }
                 return
             }
             for (kl, kv) in s.map {
-                guard t.key.matches(kl, kv.key) else { continue }
-                if !exclusions.isEmpty, exclusions.contains(where: { $0.excludes(c, kl, kv.key) }) { continue }
-                out(Value(collection: c, key: kv.key, value: kv.value, id: -1))
+                guard t.key.matchesStored(kl, kv.key) else { continue }
+                if !exclusions.isEmpty, exclusions.contains(where: { $0.collection == c && $0.key.matchesStored(kl, kv.key) }) { continue }
+                out(Value(collection: c, key: self.store(kv.key), value: self.store(kv.value), id: -1))
             }
         }
-        func scalar(_ v: Bytes, id: Int = -1) {
-            if !exclusions.isEmpty, exclusions.contains(where: { $0.collection == t.collection }) { return }
-            out(Value(collection: t.collection, key: nil, value: v, id: id))
+        func excludedScalar() -> Bool { !exclusions.isEmpty && exclusions.contains(where: { $0.collection == t.collection }) }
+        func scalar(_ v: Bytes) {
+            if excludedScalar() { return }
+            out(Value(collection: t.collection, key: .none, value: self.store(v), id: -1))
+        }
+        func fixed(_ k: Scalar, _ v: @autoclosure () -> Bytes) {
+            if excludedScalar() { return }
+            var s = scalarSpans[k.rawValue]
+            if !s.exists { s = self.store(v()); scalarSpans[k.rawValue] = s }
+            out(Value(collection: t.collection, key: .none, value: s, id: k.id))
         }
         func flag(_ c: Collection) { scalar((flags[c] ?? 0).bytes) }
         switch t.collection {
@@ -641,7 +773,7 @@ public final class Transaction {
         case .argsGetNames: keyed(argsGet, .argsGetNames, names: true)
         case .argsPostNames: keyed(argsPost, .argsPostNames, names: true)
         case .argsCombinedSize:
-            scalar((argsGet + argsPost).reduce(0) { $0 + $1.key.count + $1.value.count }.bytes)
+            scalar((argsGet + argsPost).reduce(0) { $0 + max(0, $1.key.count) + max(0, $1.value.count) }.bytes)
         case .requestHeaders: keyed(headers, .requestHeaders)
         case .requestHeadersNames: keyed(headers, .requestHeadersNames, names: true)
         case .requestCookies: keyed(cookies, .requestCookies)
@@ -649,7 +781,7 @@ public final class Transaction {
         case .files: keyed(files, .files)
         case .filesNames: keyed(files, .filesNames, names: true)
         case .filesSizes: keyed(filesSizes, .filesSizes)
-        case .filesCombinedSize: scalar(filesSizes.reduce(0) { $0 + parseLeadingInt($1.value) }.bytes)
+        case .filesCombinedSize: scalar(filesSizes.reduce(0) { $0 + parseLeadingInt(bytes($1.value)) }.bytes)
         case .multipartPartHeaders: keyed(partHeaders, .multipartPartHeaders)
         case .multipartName: keyed(argsPost, .multipartName, names: true)
         case .multipartFilename: for f in files { out(Value(collection: .multipartFilename, key: f.key, value: f.value, id: -1)) }
@@ -660,27 +792,31 @@ public final class Transaction {
         case .tx, .ip, .global, .session, .user, .resource, .geo, .env: store(t.collection)
         case .xml:
             if case .exact("@") = t.key {
-                for (k, a) in xmlAttributes.enumerated() { out(Value(collection: .xml, key: Array("//@*".utf8), value: a, id: 2_000_000 + k)) }
-            } else if let x = xmlText { scalar(x, id: 1_000_000) }
+                if xmlAttributeEntries == nil {
+                    let attrName = self.store(Array("//@*".utf8))
+                    xmlAttributeEntries = xmlAttributes.map { Entry(key: attrName, keyLower: attrName, value: self.store($0), id: newID()) }
+                }
+                for e in xmlAttributeEntries ?? [] { out(Value(collection: .xml, key: e.key, value: e.value, id: e.id)) }
+            } else if let x = xmlText { fixed(.xmlText, x) }
         case .rule:
             if let r = currentRule, case .exact(let k) = t.key {
                 switch k {
-                case "id": out(Value(collection: .rule, key: Array("id".utf8), value: r.id.bytes, id: -1))
-                case "msg": out(Value(collection: .rule, key: Array("msg".utf8), value: r.msg.map { expand($0) } ?? [], id: -1))
-                case "severity": out(Value(collection: .rule, key: Array("severity".utf8), value: (r.severity ?? 0).bytes, id: -1))
+                case "id": out(Value(collection: .rule, key: self.store(Array("id".utf8)), value: self.store(r.id.bytes), id: -1))
+                case "msg": out(Value(collection: .rule, key: self.store(Array("msg".utf8)), value: self.store(r.msg.map { expand($0) } ?? []), id: -1))
+                case "severity": out(Value(collection: .rule, key: self.store(Array("severity".utf8)), value: self.store((r.severity ?? 0).bytes), id: -1))
                 default: break
                 }
             }
-        case .requestFilename: scalar(filename, id: 1_000_001)
-        case .requestBasename: scalar(basename, id: 1_000_002)
-        case .requestURI: scalar(uri, id: 1_000_003)
-        case .requestURIRaw: scalar(uriRaw, id: 1_000_004)
-        case .requestLine: scalar(requestLine, id: 1_000_005)
-        case .requestMethod: scalar(method, id: 1_000_006)
-        case .requestProtocol: scalar(proto, id: 1_000_007)
-        case .queryString: scalar(queryString, id: 1_000_008)
+        case .requestFilename: fixed(.filename, filename)
+        case .requestBasename: fixed(.basename, basename)
+        case .requestURI: fixed(.uri, uri)
+        case .requestURIRaw: fixed(.uriRaw, uriRaw)
+        case .requestLine: fixed(.requestLine, requestLine)
+        case .requestMethod: fixed(.method, method)
+        case .requestProtocol: fixed(.proto, proto)
+        case .queryString: fixed(.queryString, queryString)
         case .requestBody:
-            if bodyProcessor == nil || bodyProcessor == "URLENCODED" || forceRequestBodyVariable { scalar(requestBody, id: 1_000_009) }
+            if bodyProcessor == nil || bodyProcessor == "URLENCODED" || forceRequestBodyVariable { fixed(.requestBody, requestBody) }
         case .requestBodyLength: scalar(requestBodyLength.bytes)
         case .remoteAddr: scalar(Array(clientAddress.utf8))
         case .remotePort: scalar(clientPort.bytes)
@@ -696,14 +832,20 @@ public final class Transaction {
         case .reqbodyProcessor: if let p = bodyProcessor { scalar(Array(p.utf8)) }
         case .responseStatus: scalar(responseStatus)
         case .responseProtocol: scalar(responseProtocol)
-        case .responseBody: if !responseBody.isEmpty { scalar(responseBody, id: 1_000_010) }
-        case .responseContentType: if let v = responseHeaders.first(where: { $0.keyLower == "content-type" })?.value { scalar(v) }
-        case .responseContentLength: if let v = responseHeaders.first(where: { $0.keyLower == "content-length" })?.value { scalar(v) }
-        case .matchedVar: scalar(matchedVar)
+        case .responseBody: if !responseBody.isEmpty { fixed(.responseBody, responseBody) }
+        case .responseContentType:
+            if let e = responseHeaders.first(where: { keyIs($0, Transaction.contentTypeKey) }) { scalar(bytes(e.value)) }
+        case .responseContentLength:
+            if let e = responseHeaders.first(where: { keyIs($0, Transaction.contentLengthKey) }) { scalar(bytes(e.value)) }
+        case .matchedVar:
+            if !excludedScalar() { out(Value(collection: .matchedVar, key: .none, value: matchedVar, id: -1)) }
         case .matchedVarName: scalar(matchedVarName)
         case .highestSeverity: scalar((matches.compactMap(\.severity).min() ?? 255).bytes)
         case .statusLine: scalar(responseProtocol + [32] + responseStatus)
-        case .fullRequest: scalar(requestLine + [13, 10] + headers.flatMap { $0.key + [58, 32] + $0.value + [13, 10] } + [13, 10] + requestBody)
+        case .fullRequest:
+            var full = requestLine + [13, 10]
+            for h in headers { full += bytes(h.key) + [58, 32] + bytes(h.value) + [13, 10] }
+            scalar(full + [13, 10] + requestBody)
         case .fullRequestLength: scalar((requestLine.count + requestBody.count).bytes)
         case .pathInfo: scalar([])
         case .authType: break
@@ -715,7 +857,7 @@ public final class Transaction {
              .multipartCRLFLFLines, .inboundDataError, .outboundDataError, .urlencodedError:
             flag(t.collection)
         }
-        if counting { visit(Value(collection: t.collection, key: nil, value: count.bytes, id: -1)) }
+        if counting { visit(Value(collection: t.collection, key: .none, value: self.store(count.bytes), id: -1)) }
     }
 
     // MARK: macros
@@ -746,7 +888,7 @@ public final class Transaction {
                 default: break
                 }
                 let t = Target(collection: c, key: key.map { .exact($0) } ?? .all, count: false, text: "")
-                if let v = collect(t, exclusions: []).first { out += v.value }
+                if let v = collect(t, exclusions: []).first { out += bytes(v.value) }
             }
         }
         return out
@@ -803,14 +945,17 @@ public final class Transaction {
 
     // MARK: operators
 
-    func execute(_ op: Operator, _ v: Bytes, capture: Bool) -> Bool {
-        let param: Bytes
-        switch op.kind {
-        case .rx, .pm, .validateByteRange, .ipMatch, .detectSQLi, .detectXSS, .unconditional, .noMatch, .unsupported, .validateUrlEncoding, .validateUtf8Encoding:
-            param = []
-        default:
-            param = op.param.isConstant ? op.param.constant : expand(op.param)  // constant: stored at load
+    /// Runs the operator on a value in the arena. The parameter is expanded first: expansion
+    /// may store into the arena, which would move the bytes under `v`'s pointer.
+    func execute(_ op: Operator, _ span: Span, capture: Bool) -> Bool {
+        // The common case first: a plain @rx that does not match.
+        if !capture, let re = op.regex {
+            let m = re.matches(buffer(span), scratch)
+            if m != op.negated { lastOperatorParamText = re.pattern }
+            return m != op.negated
         }
+        let param: Bytes = !op.usesParam ? [] : op.param.isConstant ? op.param.constant : expand(op.param)
+        let v = buffer(span)
         var r: Bool
         switch op.kind {
         case .rx(let re):
@@ -837,31 +982,28 @@ public final class Transaction {
         case .gt: r = parseLeadingInt(v) > parseLeadingInt(param)
         case .le: r = parseLeadingInt(v) <= parseLeadingInt(param)
         case .lt: r = parseLeadingInt(v) < parseLeadingInt(param)
-        case .streq: r = v == param
-        case .contains: r = bytesContains(v, param)
-        case .containsWord: r = containsWord(v, param)
+        case .streq: r = v.elementsEqual(param)
+        case .contains, .strmatch: r = param.withUnsafeBufferPointer { bytesFind(v, $0) } != nil
+        case .containsWord: r = containsWord(Array(v), param)
         case .beginsWith: r = v.starts(with: param)
-        case .endsWith: r = v.count >= param.count && Array(v.suffix(param.count)) == param
-        case .within: r = v.isEmpty ? false : bytesContains(param, v)
-        case .strmatch: r = bytesContains(v, param)
+        case .endsWith: r = v.count >= param.count && v[(v.count - param.count)...].elementsEqual(param)
+        case .within: r = v.isEmpty ? false : param.withUnsafeBufferPointer { bytesFind($0, v) } != nil
         case .validateByteRange(let allowed): r = v.contains { !allowed[Int($0)] }
         case .validateUrlEncoding: r = !Transaction.validURLEncoding(v)
         case .validateUtf8Encoding: r = !Transaction.validUTF8(v)
         case .ipMatch(let m): r = m.contains(String(latin1: v))
         case .detectSQLi:
             var fp = [CChar](repeating: 0, count: 8)
-            let res = v.withUnsafeBufferPointer { b in
-                b.withMemoryRebound(to: CChar.self) { c in fp.withUnsafeMutableBufferPointer { cinjection_sqli(c.baseAddress, c.count, $0.baseAddress) } }
-            }
+            let res = v.withMemoryRebound(to: CChar.self) { c in fp.withUnsafeMutableBufferPointer { cinjection_sqli(c.baseAddress, c.count, $0.baseAddress) } }
             r = res == 1
             if r, capture {
                 let f = fp.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
                 collections[.tx, default: VarStore()].set([48], f)
             }
         case .detectXSS:
-            let res = v.withUnsafeBufferPointer { b in b.withMemoryRebound(to: CChar.self) { cinjection_xss($0.baseAddress, $0.count) } }
+            let res = v.withMemoryRebound(to: CChar.self) { cinjection_xss($0.baseAddress, $0.count) }
             r = res == 1
-            if r, capture { collections[.tx, default: VarStore()].set([48], v) }
+            if r, capture { collections[.tx, default: VarStore()].set([48], Array(v)) }
         case .unconditional: r = true
         case .noMatch, .unsupported: r = false
         }
@@ -891,7 +1033,7 @@ public final class Transaction {
     }
     static func isWordByte(_ c: UInt8) -> Bool { (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 95 }
 
-    static func validURLEncoding(_ v: Bytes) -> Bool {
+    static func validURLEncoding(_ v: UnsafeBufferPointer<UInt8>) -> Bool {
         var i = 0
         while i < v.count {
             if v[i] == 37 {
@@ -902,7 +1044,7 @@ public final class Transaction {
         return true
     }
 
-    static func validUTF8(_ v: Bytes) -> Bool {
+    static func validUTF8(_ v: UnsafeBufferPointer<UInt8>) -> Bool {
         var i = 0
         while i < v.count {
             let c = v[i]
