@@ -8,6 +8,9 @@ import Glibc
 final class Regex: @unchecked Sendable {
     let pattern: String
     private let code: OpaquePointer
+    /// The compiled code, for callers that match without going through this object (FastPlan);
+    /// valid while this object lives.
+    var codePointer: OpaquePointer { code }
     let jit: Bool
 
     struct CompileError: Error { var message: String; var offset: Int }

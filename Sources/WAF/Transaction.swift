@@ -506,6 +506,7 @@ public final class Transaction {
         var depth = 0
         var link: Rule? = starter
         while let l = link {
+            if let plan = l.fast, targetRemovalsByID.isEmpty, targetRemovalsByTag.isEmpty, !fastMayMatch(l, plan) { return false }
             guard evaluate(l, starter: starter) else { return false }
             depth += 1
             link = l.chained
