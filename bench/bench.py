@@ -8,6 +8,11 @@ Runs the same wrk load, one target after another (never concurrently), on 127.0.
   haproxy           haproxy (nbthread 1, http-reuse always)
   outrider          Outrider (1 worker, no filters, access log off)
   outrider+log      Outrider with the access log written to a file
+  outrider+ratelimit, outrider+tracing   the filters (see TARGETS)
+  nginx+modsec      nginx + ModSecurity v3 + the CRS of filters/waf/base.conf (PL1), benign mix
+  outrider+waf      Outrider's WAF with the same rules, benign mix (bench/waf/benign.lua), plus
+                    full config reloads under that load (duration, failed requests)
+  ... attack        the same two on an attack mix (bench/waf/attack.lua), every request blocked
 
 For each target: requests/s, p50, p99 (wrk --latency), CPU µs per request of the proxy's
 worker process(es) (utime+stime from /proc/PID/stat around the measured run), RSS idle after
@@ -36,6 +41,7 @@ Exit codes: 0 ok; 1 a row failed (could not start, non-2xx replies, socket error
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import re
@@ -93,6 +99,7 @@ class Running:
         self.measured_pids = measured_pids
         self.logfile = logfile
         self.access_log: str | None = None  # Outrider rows logging to a file
+        self.admin_port: int | None = None  # Outrider rows
 
     def stop(self) -> None:
         for p in self.procs:
@@ -231,6 +238,9 @@ class Target:
     access_log: str = "off"      # Outrider: "off" or "file"
     primary: bool = False        # the row the issue's targets are checked against
     collector: bool = False      # start a real OTLP collector (rotel, blackhole exporter); {collector} in filters
+    script: str | None = None    # wrk Lua script (bench/waf/*.lua) for the request mix; None: GET /
+    expect_blocked: bool = False # every request must be refused (attack rows): non-2xx is the expected result
+    reload_probe: bool = False   # Outrider: also time full config reloads (POST /reload) under this load
 
 
 @dataclasses.dataclass
@@ -262,12 +272,12 @@ http {{
 """
 
 
-def start_nginx(ctx: Context, name: str, http_body: str) -> tuple[subprocess.Popen, str, str]:
+def start_nginx(ctx: Context, name: str, http_body: str, main: str = "") -> tuple[subprocess.Popen, str, str]:
     prefix = os.path.join(ctx.tmp, name)
     os.makedirs(prefix, exist_ok=True)
     conf = os.path.join(prefix, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_COMMON.format(prefix=prefix, body=textwrap.indent(http_body, "    ")))
+        f.write(main + NGINX_COMMON.format(prefix=prefix, body=textwrap.indent(http_body, "    ")))
     logfile = os.path.join(prefix, "stderr.log")
     p = spawn(["nginx", "-p", prefix, "-c", conf, "-e", os.path.join(prefix, "error.log")], logfile)
     return p, logfile, prefix
@@ -316,6 +326,64 @@ server {{
     p, logfile, _ = start_nginx(ctx, "nginx-proxy", conf)
     wait_until(lambda: port_serves_body(port) and len(children(p.pid)) == 1, 10,
                "nginx proxy", p, logfile)
+    return Running(t.name, port, [p], nginx_workers(p), logfile)
+
+
+MODSEC_MODULE = "/usr/lib/nginx/modules/ngx_http_modsecurity_module.so"
+WAF_BASE = os.path.join(REPO, "filters", "waf", "base.conf")
+
+
+def modsec_rules(prefix: str) -> str:
+    """The same rule set Outrider loads (filters/waf/base.conf: engine settings, PL1, Debian's CRS
+    3.3.4), written for ModSecurity v3.0.9, which has no IncludeOptional and resolves relative
+    includes against the working directory; audit log as in modsecurity.conf-recommended."""
+    out = []
+    for line in open(WAF_BASE):
+        m = re.match(r"^(Include|IncludeOptional)\s+(\S+)\s*$", line)
+        if m:
+            path = m.group(2)
+            if not os.path.isabs(path):
+                path = os.path.join(os.path.dirname(WAF_BASE), path)
+            if m.group(1) == "IncludeOptional" and not glob.glob(path):
+                continue
+            line = f"Include {path}\n"
+        out.append(line)
+    out.append("SecAuditEngine RelevantOnly\n")
+    out.append("SecAuditLogRelevantStatus \"^(?:5|4(?!04))\"\n")
+    out.append("SecAuditLogParts ABIJDEFHZ\n")
+    out.append("SecAuditLogType Serial\n")
+    out.append(f"SecAuditLog {prefix}/modsec_audit.log\n")
+    path = os.path.join(prefix, "modsecurity.conf")
+    with open(path, "w") as f:
+        f.writelines(out)
+    return path
+
+
+def start_nginx_modsec(ctx: Context, t: Target) -> Running:
+    if not os.path.exists(MODSEC_MODULE):
+        raise StartError(f"{MODSEC_MODULE} missing (apt-get install libnginx-mod-http-modsecurity)", "")
+    port = free_port()
+    prefix = os.path.join(ctx.tmp, re.sub(r"[^A-Za-z0-9_.-]", "_", t.name))
+    os.makedirs(prefix, exist_ok=True)
+    rules = modsec_rules(prefix)
+    conf = f"""\
+upstream app {{
+    server 127.0.0.1:{ctx.upstream_port};
+    keepalive 64;
+}}
+server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    modsecurity on;
+    modsecurity_rules_file {rules};
+    location / {{
+        proxy_pass http://app;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+    }}
+}}"""
+    p, logfile, _ = start_nginx(ctx, os.path.basename(prefix), conf, main=f"load_module {MODSEC_MODULE};\n")
+    wait_until(lambda: port_serves_body(port) and len(children(p.pid)) == 1, 60,
+               "nginx + ModSecurity", p, logfile)
     return Running(t.name, port, [p], nginx_workers(p), logfile)
 
 
@@ -405,6 +473,7 @@ def start_outrider(ctx: Context, t: Target) -> Running:
     wait_until(lambda: http_get(admin, "/ready")[0] == 200, 15, f"{t.name} /ready", p, logfile)
     wait_until(lambda: port_serves_body(port), 5, f"{t.name} proxying", p, logfile)
     r = Running(t.name, port, [p] + extra_procs, lambda: [p.pid] + descendants(p.pid), logfile)
+    r.admin_port = admin
     if t.access_log != "off":
         r.access_log = os.path.join(d, "access.log")
     return r
@@ -427,11 +496,25 @@ TARGETS: list[Target] = [
     mode: enforce
     rules: {repo}/filters/ratelimit/examples/never-triggers.yaml
 """),
-    Target("outrider+waf", start_outrider, note="WAF: OWASP CRS 3.3.4 at PL1, enforce (benign GET)", filters="""
+    Target("nginx+modsec", start_nginx_modsec, script="benign.lua",
+           note="nginx + ModSecurity v3 + CRS 3.3.4 PL1 (filters/waf/base.conf), benign mix"),
+    Target("outrider+waf", start_outrider, script="benign.lua", reload_probe=True,
+           note="WAF: the same rules, enforce, audit log to a file; benign mix", filters="""
   - name: waf
     mode: enforce
     rules:
       - {repo}/filters/waf/base.conf
+    audit_log: {tmp}/waf-audit.log
+"""),
+    Target("nginx+modsec attack", start_nginx_modsec, script="attack.lua", expect_blocked=True,
+           note="nginx + ModSecurity, attack mix (every request blocked)"),
+    Target("outrider+waf attack", start_outrider, script="attack.lua", expect_blocked=True,
+           note="Outrider WAF, attack mix (every request blocked)", filters="""
+  - name: waf
+    mode: enforce
+    rules:
+      - {repo}/filters/waf/base.conf
+    audit_log: {tmp}/waf-audit.log
 """),
     Target("outrider+tracing", start_outrider, collector=True,
            note="tracing filter, sampling 100%, exporting to a real collector (rotel)", filters="""
@@ -502,8 +585,11 @@ def parse_wrk(out: str) -> WrkResult:
                      sum(int(x) for x in sock.groups()) if sock else 0, out)
 
 
-def wrk(port: int, seconds: int) -> WrkResult:
-    argv = ["wrk", "-t1", f"-c{CONNS}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"]
+def wrk(port: int, seconds: int, script: str | None = None) -> WrkResult:
+    argv = ["wrk", "-t1", f"-c{CONNS}", f"-d{seconds}s", "--latency"]
+    if script:
+        argv += ["-s", os.path.join(HERE, "waf", script)]
+    argv.append(f"http://127.0.0.1:{port}/")
     r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
     if r.returncode != 0:
         raise RuntimeError(f"wrk exited {r.returncode}: {r.stderr.strip()}")
@@ -549,6 +635,48 @@ def open_idle_connections(port: int, n: int) -> list[socket.socket]:
     return socks
 
 
+def metric(port: int, name: str) -> float | None:
+    status, body = http_get(port, "/metrics")
+    if status != 200:
+        return None
+    m = re.search(rb"(?m)^" + re.escape(name.encode()) + rb"(?:\{[^}]*\})? ([0-9.eE+-]+)$", body)
+    return float(m.group(1)) if m else None
+
+
+def reload_under_load(running: Running, t: Target, reloads: int = 4) -> str:
+    """Full config reloads (every rule file re-read and recompiled) while wrk runs the row's
+    load: each reload's duration from outrider_config_reload_duration_seconds, and whether any
+    request failed meanwhile."""
+    admin = running.admin_port
+    seconds = 2 + 2 * reloads
+    argv = ["wrk", "-t1", f"-c{CONNS}", f"-d{seconds}s", "--latency"]
+    if t.script:
+        argv += ["-s", os.path.join(HERE, "waf", t.script)]
+    argv.append(f"http://127.0.0.1:{running.port}/")
+    w = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    durations = []
+    try:
+        time.sleep(1.5)
+        for _ in range(reloads):
+            before = metric(admin, "outrider_config_version") or 0
+            req = urllib.request.Request(f"http://127.0.0.1:{admin}/reload", method="POST")
+            urllib.request.urlopen(req, timeout=5).read()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (metric(admin, "outrider_config_version") or 0) <= before:
+                time.sleep(0.05)
+            if (metric(admin, "outrider_config_version") or 0) <= before:
+                return "reload under load: a reload did not complete within 10 s"
+            durations.append(metric(admin, "outrider_config_reload_duration_seconds") or 0.0)
+            time.sleep(1.5)
+    finally:
+        out, _ = w.communicate(timeout=seconds + 30)
+    res = parse_wrk(out)
+    failed = res.socket_errors + (0 if t.expect_blocked else res.non2xx)
+    return (f"reload under load: {len(durations)} full reloads, longest {max(durations) * 1000:.0f} ms "
+            f"(mean {sum(durations) / len(durations) * 1000:.0f} ms); {res.requests:,} requests meanwhile, "
+            f"{failed} failed")
+
+
 def count_syscalls(running: Running, seconds: int = 3) -> dict[str, float] | None:
     """A separate short run under `strace -c -f`: syscalls per request (strace slows the target,
     so this never overlaps the measured run)."""
@@ -585,6 +713,7 @@ class Row:
     rss_idle_kib: int | None = None
     rss_conns_kib: int | None = None
     syscalls: dict[str, float] | None = None  # BENCH_SYSCALLS=1: syscalls per request, by name
+    reload: str | None = None  # reload_probe rows: what the reloads under load showed
     error: str | None = None
 
 
@@ -600,17 +729,21 @@ def measure(ctx: Context, t: Target) -> Row:
             raise RuntimeError("no worker process found")
         row.rss_idle_kib = rss_kib(pids)
         log(f"{t.name}: warm-up {WARMUP}s")
-        served = wrk(running.port, WARMUP).requests
+        served = wrk(running.port, WARMUP, t.script).requests
         runs = []
         for i in range(REPEAT):
             before = cpu_ticks(pids)
             log(f"{t.name}: measuring {SECONDS}s, {CONNS} connections"
                 + (f" (run {i + 1}/{REPEAT})" if REPEAT > 1 else ""))
-            res = wrk(running.port, SECONDS)
+            res = wrk(running.port, SECONDS, t.script)
             after = cpu_ticks(pids)
             runs.append((res, (after - before) / CLK_TCK * 1e6 / max(res.requests, 1)))
             served += res.requests
-            if res.non2xx or res.socket_errors:
+            if t.expect_blocked:
+                if res.non2xx < res.requests or res.socket_errors:
+                    row.error = (f"{res.requests - res.non2xx} of {res.requests} attack requests not blocked, "
+                                 f"{res.socket_errors} socket errors")
+            elif res.non2xx or res.socket_errors:
                 row.error = f"{res.non2xx} non-2xx replies, {res.socket_errors} socket errors"
         runs.sort(key=lambda x: x[0].rps)
         res, row.cpu_us = runs[len(runs) // 2]  # the median run by req/s
@@ -620,6 +753,9 @@ def measure(ctx: Context, t: Target) -> Row:
             log(f"{t.name}: access log {size / 1e6:.1f} MB ({size / max(served, 1):.0f} B/request)")
             if size == 0:
                 row.error = "access log file is empty"
+        if t.reload_probe and running.admin_port:
+            row.reload = reload_under_load(running, t)
+            log(f"{t.name}: {row.reload}")
         log(f"{t.name}: {IDLE_CONNS} idle keep-alive connections")
         socks = open_idle_connections(running.port, IDLE_CONNS)
         try:
@@ -701,6 +837,9 @@ def report(rows: list[Row]) -> tuple[str, dict, bool]:
                              + ", ".join(f"{k} {v:.2f}" for v, k in top))
         lines.append("")
     for r in rows:
+        if r.reload:
+            lines.append(f"- {r.target.name}: {r.reload}")
+    for r in rows:
         if r.error and r.rps is not None:
             lines.append(f"⚠ {r.target.name}: {r.error}")
     checks: list[tuple[str, bool | None]] = []
@@ -722,6 +861,18 @@ def report(rows: list[Row]) -> tuple[str, dict, bool]:
         if rl and rl.rps:
             checks.append((f"ratelimit ≥ 95% of no-filter throughput ({rl.rps / prim.rps:.2f}×)",
                            rl.rps >= 0.95 * prim.rps))
+        for mix in ("", " attack"):
+            ow, nm = by.get("outrider+waf" + mix), by.get("nginx+modsec" + mix)
+            if ow and ow.rps and nm and nm.rps:
+                what = "attack" if mix else "benign"
+                checks.append((f"WAF ≥ 10× nginx+ModSecurity, {what} mix ({ow.rps / nm.rps:.1f}×; aim 20×)",
+                               ow.rps >= 10 * nm.rps))
+                checks.append((f"WAF p99 < nginx+ModSecurity's, {what} mix ({fmt_us(ow.p99_us)} vs {fmt_us(nm.p99_us)})",
+                               ow.p99_us < nm.p99_us))
+        ow = by.get("outrider+waf")
+        if ow and ow.rss_conns_kib:
+            checks.append((f"WAF RSS < 60 MB ({fmt_kib(max(ow.rss_idle_kib or 0, ow.rss_conns_kib))})",
+                           max(ow.rss_idle_kib or 0, ow.rss_conns_kib) < 60 * 1024))
         tr = by.get("outrider+tracing")
         if tr and tr.rps:
             checks.append((f"tracing ≥ 90% of no-filter throughput ({tr.rps / prim.rps:.2f}×)",

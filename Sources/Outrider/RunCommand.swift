@@ -79,6 +79,8 @@ final class Controller: Sendable {
         var current: LoadedConfig
         var version: Int
         var lastReloadError: String?
+        /// Seconds the last reload attempt took (read, validate, compile filters and rule sets, publish).
+        var lastReloadSeconds = 0.0
         var draining = false
     }
     let queue = DispatchQueue(label: "outrider.control")
@@ -107,6 +109,10 @@ final class Controller: Sendable {
         }
         registry.gaugeFunction("outrider_server_state", help: "0 starting, 1 live, 2 draining.") {
             Double(shared.state.rawValue)
+        }
+        registry.gaugeFunction("outrider_config_reload_duration_seconds",
+                               help: "Time the last reload attempt took: reading, validating, compiling filters and rule sets, publishing.") { [weak self] in
+            self?.state.withLock { $0.lastReloadSeconds } ?? 0
         }
         registry.gaugeFunction("outrider_workers", help: "Worker event loops.") { [server] in Double(server.workerCount) }
         for l in initial.config.listeners where l.tls != nil {
@@ -170,6 +176,11 @@ final class Controller: Sendable {
     /// Parses and validates off the loops; publishes only a config that passed everything.
     func reload(reason: String) {
         queue.async { [self] in
+            let started = monotonicNanos()
+            defer {
+                let seconds = Double(monotonicNanos() &- started) / 1e9
+                state.withLock { $0.lastReloadSeconds = seconds }
+            }
             let result = ConfigValidation.load(path: path, args: args.value)
             switch result {
             case .failure(let errors):
@@ -192,7 +203,8 @@ final class Controller: Sendable {
                     RunCommand.applyLogLevel(loaded.config.logLevel)
                     watch(Controller.watchedFiles(path, loaded.config))
                     reloadsOK.increment(shard: Controller.controlShard)
-                    Diagnostics.log(.info, "config reloaded (\(reason)): version \(version), sha256 \(loaded.sha256.prefix(12))")
+                    let ms = Double(monotonicNanos() &- started) / 1e6
+                    Diagnostics.log(.info, "config reloaded (\(reason)): version \(version), sha256 \(loaded.sha256.prefix(12)), \(Int(ms)) ms")
                 } catch {
                     reloadsFailed.increment(shard: Controller.controlShard)
                     let text = (error as? ConfigErrors)?.diagnostics.map(\.description).joined(separator: "; ") ?? "\(path): \(error)"
