@@ -36,26 +36,10 @@ public enum HTTP2ClientEvent {
 ///  5. `consumed(streamID:bytes:)` as response bytes reach the downstream client.
 ///  6. Close when `wantsClose` is true and the output is flushed.
 public final class HTTP2ClientSession {
-    final class Stream {
-        let id: Int32
-        // Response header section being received.
-        var fields = HTTPHeaders()
+    /// A request this client sent: the shared state plus the response's status.
+    final class Stream: NghttpStream {
         var status: Int?
-        var headerBytes = 0
-        var oversized = false
         var finalHeadReceived = false
-        var remoteEnded = false
-        // Response body handed to the proxy and not yet consumed.
-        var unconsumed = 0
-        // Request side.
-        var outbound = ByteBuffer()
-        var outboundEnded = false
-        var trailers: [(name: String, value: String)]?
-        var hasProvider = false
-        var deferred = false
-        var localReset = false
-        var closeReported = false
-        init(id: Int32) { self.id = id }
     }
 
     private var session: OpaquePointer?
@@ -154,12 +138,7 @@ public final class HTTP2ClientSession {
     /// `pendingOutboundBytes` tells how much still waits. `endStream` ends the body.
     public func sendData(streamID: Int32, _ bytes: UnsafeRawBufferPointer, endStream: Bool) {
         guard let session, !failed, let stream = streams[streamID], stream.hasProvider, !stream.outboundEnded, !stream.localReset else { return }
-        if bytes.count > 0 { stream.outbound.append(bytes) }
-        if endStream { stream.outboundEnded = true }
-        if stream.deferred {
-            stream.deferred = false
-            _ = nghttp2_session_resume_data(session, streamID)
-        }
+        stream.queue(bytes, endStream: endStream, session: session)
     }
 
     public func sendData(streamID: Int32, _ bytes: [UInt8], endStream: Bool) {
@@ -171,12 +150,7 @@ public final class HTTP2ClientSession {
     public func sendTrailers(streamID: Int32, _ trailers: HTTPHeaders) {
         guard let session, !failed, let stream = streams[streamID], stream.hasProvider, !stream.outboundEnded, !stream.localReset else { return }
         let fields = HeaderFields.outbound(trailers)
-        stream.trailers = fields.isEmpty ? nil : fields
-        stream.outboundEnded = true
-        if stream.deferred {
-            stream.deferred = false
-            _ = nghttp2_session_resume_data(session, streamID)
-        }
+        stream.finish(trailers: fields.isEmpty ? nil : fields, session: session)
     }
 
     /// Resets a stream (RST_STREAM with `errorCode`). No `streamReset` event follows for it; any
@@ -204,10 +178,7 @@ public final class HTTP2ClientSession {
     /// windows reopen by that much. Until then the server's window stays closed (backpressure).
     public func consumed(streamID: Int32, bytes: Int) {
         guard let session, !failed, bytes > 0, let stream = streams[streamID] else { return }
-        let n = min(bytes, stream.unconsumed)
-        guard n > 0 else { return }
-        stream.unconsumed -= n
-        _ = nghttp2_session_consume(session, streamID, n)
+        stream.consume(bytes, session: session)
     }
 
     /// True when a new request may start now: no GOAWAY received or sent, not failed, stream ids
@@ -420,28 +391,7 @@ public final class HTTP2ClientSession {
 
     func readData(streamID: Int32, into buf: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>) -> Int {
         guard let stream = streams[streamID] else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
-        let n = min(length, stream.outbound.readableBytes)
-        if n > 0 {
-            stream.outbound.withReadableBytes { src in
-                if let s = src.baseAddress { buf.update(from: s.assumingMemoryBound(to: UInt8.self), count: n) }
-            }
-            stream.outbound.consume(n)
-        }
-        if stream.outbound.isEmpty && stream.outboundEnded {
-            flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
-            if let trailers = stream.trailers, let session {
-                flags.pointee |= NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
-                stream.trailers = nil
-                let rv = HeaderFields.withNV(trailers) { nva, count in nghttp2_submit_trailer(session, streamID, nva, count) }
-                if rv != 0 { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
-            }
-            return n
-        }
-        if n == 0 {
-            stream.deferred = true
-            return Int(NGHTTP2_ERR_DEFERRED.rawValue)
-        }
-        return n
+        return stream.readData(session: session, into: buf, length: length, flags: flags)
     }
 
     // MARK: - Request header block

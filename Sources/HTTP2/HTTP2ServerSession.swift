@@ -16,27 +16,10 @@ import OutriderCore
 ///     `wantsClose` is true and the output is flushed.
 public final class HTTP2ServerSession {
     /// Per-stream state the Swift side keeps beside nghttp2's.
-    final class Stream {
-        let id: Int32
-        // Header block being received.
-        var fields = HTTPHeaders()
+    /// A request stream: the shared state plus the request's pseudo-headers.
+    final class Stream: NghttpStream {
         var method: String?, path: String?, scheme: String?, authority: String?
-        var headerBytes = 0
-        var oversized = false
         var headEmitted = false
-        var remoteEnded = false
-        // Request body handed to the proxy and not yet consumed (returned to the connection
-        // window when the stream closes).
-        var unconsumed = 0
-        // Response side.
-        var outbound = ByteBuffer()
-        var outboundEnded = false
-        var trailers: [(name: String, value: String)]?
-        var hasProvider = false
-        var deferred = false
-        var localReset = false
-        var closeReported = false
-        init(id: Int32) { self.id = id }
     }
 
     private var session: OpaquePointer?
@@ -204,12 +187,7 @@ public final class HTTP2ServerSession {
     /// allow; `pendingOutboundBytes` tells how much still waits. `endStream` ends the body.
     public func sendData(streamID: Int32, _ bytes: UnsafeRawBufferPointer, endStream: Bool) {
         guard let session, !failed, let stream = streams[streamID], stream.hasProvider, !stream.outboundEnded else { return }
-        if bytes.count > 0 { stream.outbound.append(bytes) }
-        if endStream { stream.outboundEnded = true }
-        if stream.deferred {
-            stream.deferred = false
-            _ = nghttp2_session_resume_data(session, streamID)
-        }
+        stream.queue(bytes, endStream: endStream, session: session)
     }
 
     public func sendData(streamID: Int32, _ bytes: [UInt8], endStream: Bool) {
@@ -219,12 +197,7 @@ public final class HTTP2ServerSession {
     /// Ends the response with trailers after the queued body (gRPC status and friends).
     public func sendTrailers(streamID: Int32, _ trailers: HTTPHeaders) {
         guard let session, !failed, let stream = streams[streamID], stream.hasProvider, !stream.outboundEnded else { return }
-        stream.trailers = HeaderFields.outbound(trailers)
-        stream.outboundEnded = true
-        if stream.deferred {
-            stream.deferred = false
-            _ = nghttp2_session_resume_data(session, streamID)
-        }
+        stream.finish(trailers: HeaderFields.outbound(trailers), session: session)
     }
 
     /// Resets a stream (RST_STREAM with `errorCode`). No `streamReset` event follows for it.
@@ -247,10 +220,7 @@ public final class HTTP2ServerSession {
     /// or they were dropped): the stream and connection windows reopen by that much.
     public func consumed(streamID: Int32, bytes: Int) {
         guard let session, !failed, bytes > 0, let stream = streams[streamID] else { return }
-        let n = min(bytes, stream.unconsumed)
-        guard n > 0 else { return }
-        stream.unconsumed -= n
-        _ = nghttp2_session_consume(session, streamID, n)
+        stream.consume(bytes, session: session)
     }
 
     /// Graceful drain: GOAWAY (NO_ERROR) naming the last stream the session accepted. Streams up
@@ -485,28 +455,7 @@ public final class HTTP2ServerSession {
 
     func readData(streamID: Int32, into buf: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>) -> Int {
         guard let stream = streams[streamID] else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
-        let n = min(length, stream.outbound.readableBytes)
-        if n > 0 {
-            stream.outbound.withReadableBytes { src in
-                if let s = src.baseAddress { buf.update(from: s.assumingMemoryBound(to: UInt8.self), count: n) }
-            }
-            stream.outbound.consume(n)
-        }
-        if stream.outbound.isEmpty && stream.outboundEnded {
-            flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
-            if let trailers = stream.trailers, let session {
-                flags.pointee |= NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
-                stream.trailers = nil
-                let rv = HeaderFields.withNV(trailers) { nva, count in nghttp2_submit_trailer(session, streamID, nva, count) }
-                if rv != 0 { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
-            }
-            return n
-        }
-        if n == 0 {
-            stream.deferred = true
-            return Int(NGHTTP2_ERR_DEFERRED.rawValue)
-        }
-        return n
+        return stream.readData(session: session, into: buf, length: length, flags: flags)
     }
 
     // MARK: - Helpers

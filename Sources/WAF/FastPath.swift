@@ -190,28 +190,27 @@ final class FastPlan: @unchecked Sendable {
 
 extension Transaction {
     /// False when no value the rule targets can match (the rule is skipped); true: maybe.
-    /// Rules with exclusions added at run time (ctl) always answer "maybe".
+    /// Not used while ctl has removed targets for this request (evaluateChain checks).
     func fastMayMatch(_ r: Rule, _ plan: FastPlan) -> Bool {
-        let chain = r.transformChainID
         let transforms = !r.transforms.isEmpty
         let hasExclusions = !plan.exclusions.isEmpty
         for ti in plan.targets.indices {
             let t = plan.targets[ti]
             switch t.source {
             case .argsGet:
-                if fastList(argsGet, t, plan, r, chain, transforms, hasExclusions) { return true }
-                if t.alsoPost, fastList(argsPost, t, plan, r, chain, transforms, hasExclusions) { return true }
-            case .argsPost: if fastList(argsPost, t, plan, r, chain, transforms, hasExclusions) { return true }
-            case .headers: if fastList(headers, t, plan, r, chain, transforms, hasExclusions) { return true }
-            case .cookies: if fastList(cookies, t, plan, r, chain, transforms, hasExclusions) { return true }
-            case .files: if fastList(files, t, plan, r, chain, transforms, hasExclusions) { return true }
+                if fastList(argsGet, t, plan, r, transforms, hasExclusions) { return true }
+                if t.alsoPost, fastList(argsPost, t, plan, r, transforms, hasExclusions) { return true }
+            case .argsPost: if fastList(argsPost, t, plan, r, transforms, hasExclusions) { return true }
+            case .headers: if fastList(headers, t, plan, r, transforms, hasExclusions) { return true }
+            case .cookies: if fastList(cookies, t, plan, r, transforms, hasExclusions) { return true }
+            case .files: if fastList(files, t, plan, r, transforms, hasExclusions) { return true }
             case .xml: if xmlText != nil || !xmlAttributes.isEmpty { return true }
             case .tx:
                 if hasExclusions, plan.exclusions.contains(where: { $0.collection == .tx }) { return true }
                 let kv = collections.slots[Collection.tx.ordinal].map[plan.txKeys[t.txKey]]
                 if t.count {
-                    if fastValue(store((kv == nil ? 0 : 1).bytes), -1, plan, r, chain, transforms) { return true }
-                } else if let kv, fastValue(store(kv.value), -1, plan, r, chain, transforms) { return true }
+                    if fastValue(store((kv == nil ? 0 : 1).bytes), -1, plan, r, transforms) { return true }
+                } else if let kv, fastValue(store(kv.value), -1, plan, r, transforms) { return true }
             default:
                 if hasExclusions, plan.exclusions.contains(where: { $0.collection == t.collection }) { return true }
                 let k: Scalar
@@ -232,14 +231,14 @@ extension Transaction {
                 }
                 var s = scalarSpans[k.rawValue]
                 if !s.exists { s = store(bytes); scalarSpans[k.rawValue] = s }
-                if fastValue(s, k.id, plan, r, chain, transforms) { return true }
+                if fastValue(s, k.id, plan, r, transforms) { return true }
             }
         }
         return false
     }
 
     @inline(__always)
-    private func fastList(_ list: [Entry], _ t: FastPlan.FastTarget, _ plan: FastPlan, _ r: Rule, _ chain: Int,
+    private func fastList(_ list: [Entry], _ t: FastPlan.FastTarget, _ plan: FastPlan, _ r: Rule,
                           _ transforms: Bool, _ hasExclusions: Bool) -> Bool {
         if t.count {
             // &COLLECTION:key: a count the evaluator takes after exclusions; with exclusions, "maybe".
@@ -247,7 +246,7 @@ extension Transaction {
             var n = 0
             for i in list.indices where selects(t.selector, list[i]) { n += 1 }
             if t.alsoPost { for i in argsPost.indices where selects(t.selector, argsPost[i]) { n += 1 } }
-            return fastValue(store(n.bytes), -1, plan, r, chain, transforms)
+            return fastValue(store(n.bytes), -1, plan, r, transforms)
         }
         if list.isEmpty { return false }
         let checkEx = hasExclusions && plan.exclusions.contains { $0.collection == t.collection }
@@ -259,7 +258,7 @@ extension Transaction {
                 for x in plan.exclusions where x.collection == t.collection && selects(x.selector, e) { skip = true; break }
                 if skip { continue }
             }
-            if fastValue(t.names ? e.key : e.value, t.names ? e.id &+ 1 : e.id, plan, r, chain, transforms) { return true }
+            if fastValue(t.names ? e.key : e.value, t.names ? e.id &+ 1 : e.id, plan, r, transforms) { return true }
         }
         return false
     }
@@ -280,18 +279,8 @@ extension Transaction {
     }
 
     @inline(__always)
-    private func fastValue(_ span: Span, _ id: Int, _ plan: FastPlan, _ r: Rule, _ chain: Int, _ transforms: Bool) -> Bool {
-        var s = span
-        if transforms {
-            if id < 0 { s = applyTransforms(span, r) } else {
-                let key = id &<< 16 | chain
-                if let hit = cacheLookup(key) { s = hit } else {
-                    s = applyTransforms(span, r)
-                    cacheInsert(key, s)
-                }
-            }
-        }
-        let v = buffer(s)
+    private func fastValue(_ span: Span, _ id: Int, _ plan: FastPlan, _ r: Rule, _ transforms: Bool) -> Bool {
+        let v = buffer(transforms ? transformed(span, id: id, r) : span)
         let m: Bool
         switch plan.op {
         case .rx(let code):

@@ -195,19 +195,16 @@ final class Operator: Sendable {
     let name: String
     /// The compiled regex of `@rx` (read without matching on `kind`, which copies the payload).
     let regex: Regex?
-    /// The automaton of `@pm` / `@pmFromFile`.
-    let phrases: AhoCorasick?
     /// Whether the operator reads its parameter at run time (the comparison operators).
     let usesParam: Bool
     init(kind: OperatorKind, negated: Bool, param: Macro, name: String) {
         self.kind = kind; self.negated = negated; self.param = param; self.name = name
         switch kind {
-        case .rx(let r): regex = r; phrases = nil; usesParam = false
-        case .pm(let a): regex = nil; phrases = a; usesParam = false
-        case .validateByteRange, .ipMatch, .detectSQLi, .detectXSS, .unconditional, .noMatch, .unsupported,
+        case .rx(let r): regex = r; usesParam = false
+        case .pm, .validateByteRange, .ipMatch, .detectSQLi, .detectXSS, .unconditional, .noMatch, .unsupported,
              .validateUrlEncoding, .validateUtf8Encoding:
-            regex = nil; phrases = nil; usesParam = false
-        default: regex = nil; phrases = nil; usesParam = true
+            regex = nil; usesParam = false
+        default: regex = nil; usesParam = true
         }
     }
 }
@@ -239,9 +236,8 @@ enum CtlAction: Sendable {
     case ignored
 }
 
-/// One SecRule / SecAction / SecMarker as the parser builds it (chained links hang off
-/// `chained`); frozen into a `Rule` when the set is complete.
-final class RuleDraft: @unchecked Sendable {
+/// One SecRule / SecAction / SecMarker (chained links hang off `chained`).
+final class Rule: @unchecked Sendable {
     @exclusivity(unchecked) var id: Int = 0
     @exclusivity(unchecked) var phase: Int = 2
     @exclusivity(unchecked) var targets: [Target] = []
@@ -272,7 +268,7 @@ final class RuleDraft: @unchecked Sendable {
     /// Index of the `skipAfter` marker in this rule's phase list (set at finalize; nil: not found).
     @exclusivity(unchecked) var skipAfterIndex: Int?
     @exclusivity(unchecked) var chain = false
-    @exclusivity(unchecked) var chained: RuleDraft?
+    @exclusivity(unchecked) var chained: Rule?
     @exclusivity(unchecked) var marker: String?
     @exclusivity(unchecked) var file = ""
     @exclusivity(unchecked) var line = 0
@@ -280,58 +276,10 @@ final class RuleDraft: @unchecked Sendable {
     /// Index of this rule in its phase list (set at finalize).
     @exclusivity(unchecked) var index = 0
     @exclusivity(unchecked) var idString = "0"
+    /// The "can it match at all?" pre-test, for rules of the shape it covers (set at finish).
+    @exclusivity(unchecked) var fast: FastPlan?
 
     var isMarker: Bool { marker != nil }
-}
-
-/// A rule as the evaluator runs it: every field a `let`, so the hot loop reads them
-/// without retaining (a `var` field of a class must be copied out before use).
-final class Rule: Sendable {
-    let id: Int
-    let phase: Int
-    let targets: [Target]
-    let exclusions: [Exclusion]
-    let op: Operator
-    let transforms: [Transform]
-    let transformChainID: Int
-    let disruptive: Disruptive?
-    let status: Int?
-    let msg: Macro?
-    let logdata: Macro?
-    let tags: [String]
-    let severity: Int?
-    let ver: String?
-    let rev: String?
-    let maturity: String?
-    let accuracy: String?
-    let log: Bool?
-    let capture: Bool
-    let multiMatch: Bool
-    let setvars: [SetVar]
-    let initcols: [(Collection, Macro)]
-    let ctls: [CtlAction]
-    let skip: Int
-    let skipAfter: String?
-    let skipAfterIndex: Int?
-    let chained: Rule?
-    let marker: String?
-    let isMarker: Bool
-    let file: String
-    let line: Int
-    /// The "can it match at all?" pre-test, for rules of the shape it covers.
-    let fast: FastPlan?
-
-    init(_ d: RuleDraft) {
-        id = d.id; phase = d.phase; targets = d.targets; exclusions = d.exclusions; op = d.op
-        transforms = d.transforms; transformChainID = d.transformChainID; disruptive = d.disruptive
-        status = d.status; msg = d.msg; logdata = d.logdata; tags = d.tags; severity = d.severity
-        ver = d.ver; rev = d.rev; maturity = d.maturity; accuracy = d.accuracy; log = d.log
-        capture = d.capture; multiMatch = d.multiMatch; setvars = d.setvars; initcols = d.initcols
-        ctls = d.ctls; skip = d.skip; skipAfter = d.skipAfter; skipAfterIndex = d.skipAfterIndex
-        chained = d.chained.map { Rule($0) }
-        marker = d.marker; isMarker = d.marker != nil; file = d.file; line = d.line
-        fast = d.marker != nil ? nil : FastPlan(targets: d.targets, exclusions: d.exclusions, op: d.op, multiMatch: d.multiMatch)
-    }
 }
 
 enum Severity {

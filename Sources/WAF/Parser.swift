@@ -56,7 +56,7 @@ private let ignoredDirectives: Set<String> = [
 
 final class Loader {
     var settings = EngineSettings()
-    var rules: [RuleDraft] = []            // chain starters and markers, file order
+    var rules: [Rule] = []            // chain starters and markers, file order
     var errors: [RuleDiagnostic] = []
     var warnings: [RuleDiagnostic] = []
     var files: [String] = []
@@ -64,7 +64,7 @@ final class Loader {
     var defaultDisruptive: [Disruptive] = Array(repeating: .pass, count: 6)
     var defaultLog: [Bool] = Array(repeating: true, count: 6)
     var defaultTransforms: [[Transform]] = Array(repeating: [], count: 6)
-    var chainTail: RuleDraft?              // the last link of an open chain
+    var chainTail: Rule?              // the last link of an open chain
     var removeByID: [ClosedRange<Int>] = []
     var removeByTag: [String] = []
     var removeByMsg: [String] = []
@@ -210,7 +210,7 @@ final class Loader {
             rule(targets: nil, op: nil, actions: a, file: file, line: line, dir: dir)
         case "secmarker":
             guard let m = one() else { return }
-            let r = RuleDraft()
+            let r = Rule()
             r.marker = m; r.file = file; r.line = line
             if chainTail != nil { error(file, line, "SecMarker inside an unfinished chain"); chainTail = nil }
             rules.append(r)
@@ -293,7 +293,7 @@ final class Loader {
     }
 
     func defaultAction(_ text: String, file: String, line: Int) {
-        let r = RuleDraft()
+        let r = Rule()
         r.file = file; r.line = line
         guard let actions = Loader.splitActions(text) else { error(file, line, "malformed action list"); return }
         for (n, v) in actions { applyAction(r, n, v, file: file, line: line, dir: ".") }
@@ -306,7 +306,7 @@ final class Loader {
     // MARK: rules
 
     func rule(targets: String?, op: String?, actions: String?, file: String, line: Int, dir: String) {
-        let r = RuleDraft()
+        let r = Rule()
         r.file = file; r.line = line
         if let targets {
             guard parseTargets(targets, into: r, file: file, line: line) else { return }
@@ -369,7 +369,7 @@ final class Loader {
         return out
     }
 
-    func parseTargets(_ s: String, into r: RuleDraft, file: String, line: Int) -> Bool {
+    func parseTargets(_ s: String, into r: Rule, file: String, line: Int) -> Bool {
         guard let parts = Loader.splitTargets(s) else { error(file, line, "malformed variable list '\(s)'"); return false }
         for p in parts {
             guard let t = parseTarget(p, file: file, line: line) else { return false }
@@ -552,7 +552,7 @@ final class Loader {
 
     // MARK: actions
 
-    func applyAction(_ r: RuleDraft, _ name: String, _ value: String?, file: String, line: Int, dir: String) {
+    func applyAction(_ r: Rule, _ name: String, _ value: String?, file: String, line: Int, dir: String) {
         let v = value ?? ""
         func need() -> Bool {
             if value == nil { error(file, line, "action '\(name)' needs a value"); return false }
@@ -698,13 +698,13 @@ final class Loader {
 
     func finish() -> Result<RuleSet, RuleErrors> {
         if let tail = chainTail { error(tail.file, tail.line, "chain without a following rule"); chainTail = nil }
-        var byID: [Int: RuleDraft] = [:]
+        var byID: [Int: Rule] = [:]
         for r in rules where !r.isMarker {
             if let prev = byID[r.id] { error(r.file, r.line, "duplicate rule id \(r.id) (first at \(prev.file):\(prev.line))") }
             else { byID[r.id] = r }
         }
         // Load-time removals and updates (SecRuleRemove*, SecRuleUpdate*).
-        func removed(_ r: RuleDraft) -> Bool {
+        func removed(_ r: Rule) -> Bool {
             if r.isMarker { return false }
             if removeByID.contains(where: { $0.contains(r.id) }) { return true }
             if removeByTag.contains(where: { t in r.tags.contains { Loader.tagMatches(t, $0) } }) { return true }
@@ -737,7 +737,7 @@ final class Loader {
             }
         }
         if !errors.isEmpty { return .failure(RuleErrors(diagnostics: errors)) }
-        var phases: [[RuleDraft]] = Array(repeating: [], count: 6)
+        var phases: [[Rule]] = Array(repeating: [], count: 6)
         for r in rules where !removed(r) {
             if r.isMarker { for p in 1...5 { phases[p].append(r) } } else { phases[r.phase].append(r) }
         }
@@ -747,7 +747,7 @@ final class Loader {
             for (i, r) in phases[p].enumerated() {
                 r.index = i
                 if let m = r.marker, markers[p][m] == nil { markers[p][m] = i }
-                var link: RuleDraft? = r
+                var link: Rule? = r
                 while let l = link {
                     let key = l.transforms.map(\.rawValue).joined(separator: ",")
                     if let id = chains[key] { l.transformChainID = id } else { l.transformChainID = chains.count; chains[key] = chains.count }
@@ -756,22 +756,19 @@ final class Loader {
             }
         }
         for p in 1...5 {
-            for r in phases[p] where !r.isMarker { r.skipAfterIndex = r.skipAfter.flatMap { markers[p][$0] } }
+            for r in phases[p] where !r.isMarker {
+                r.skipAfterIndex = r.skipAfter.flatMap { markers[p][$0] }
+                var link: Rule? = r
+                while let l = link {
+                    l.fast = FastPlan(targets: l.targets, exclusions: l.exclusions, op: l.op, multiMatch: l.multiMatch)
+                    link = l.chained
+                }
+            }
         }
         for r in byID.values where removed(r) { byID[r.id] = nil }
         RegexScratch.matchLimit = max(RegexScratch.matchLimit, settings.pcreMatchLimit)
-        // Freeze: each draft once (a marker sits in every phase list; share its frozen form).
-        var frozen: [ObjectIdentifier: Rule] = [:]
-        func freeze(_ d: RuleDraft) -> Rule {
-            if let f = frozen[ObjectIdentifier(d)] { return f }
-            let f = Rule(d)
-            frozen[ObjectIdentifier(d)] = f
-            return f
-        }
-        let frozenPhases = phases.map { $0.map(freeze) }
-        let frozenByID = byID.mapValues(freeze)
-        return .success(RuleSet(settings: settings, phases: frozenPhases, markers: markers, defaultDisruptive: defaultDisruptive,
-                                defaultLog: defaultLog, rulesByID: frozenByID, files: files, warnings: warnings))
+        return .success(RuleSet(settings: settings, phases: phases, markers: markers, defaultDisruptive: defaultDisruptive,
+                                defaultLog: defaultLog, rulesByID: byID, files: files, warnings: warnings))
     }
 
     /// ModSecurity compares tags for removal as a regex; CRS uses plain names.

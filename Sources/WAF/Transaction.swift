@@ -582,12 +582,14 @@ public final class Transaction {
     }
 
     /// The value after the rule's transformations, cached per (value id, transformation chain).
-    func transformed(_ v: Value, _ r: Rule) -> Span {
-        let id = v.id
-        guard id >= 0 else { return applyTransforms(v.value, r) }
+    @inline(__always) func transformed(_ v: Value, _ r: Rule) -> Span { transformed(v.value, id: v.id, r) }
+
+    /// The same for a value given by its bytes and cache id (-1: not cached).
+    func transformed(_ value: Span, id: Int, _ r: Rule) -> Span {
+        guard id >= 0 else { return applyTransforms(value, r) }
         let key = id &<< 16 | r.transformChainID
         if let hit = cacheLookup(key) { return hit }
-        let result = applyTransforms(v.value, r)
+        let result = applyTransforms(value, r)
         cacheInsert(key, result)
         return result
     }
