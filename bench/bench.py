@@ -479,6 +479,15 @@ def start_outrider(ctx: Context, t: Target) -> Running:
     return r
 
 
+# The WAF filter of the outrider+waf rows: the rules nginx+modsec loads too.
+WAF_FILTER = """
+  - name: waf
+    mode: enforce
+    rules:
+      - {repo}/filters/waf/base.conf
+    audit_log: {tmp}/waf-audit.log
+"""
+
 # The rows, in order. Add a row by appending one entry, e.g.
 #   Target("outrider+ratelimit", start_outrider, filters="""
 #       - name: ratelimit
@@ -499,23 +508,11 @@ TARGETS: list[Target] = [
     Target("nginx+modsec", start_nginx_modsec, script="benign.lua",
            note="nginx + ModSecurity v3 + CRS 3.3.4 PL1 (filters/waf/base.conf), benign mix"),
     Target("outrider+waf", start_outrider, script="benign.lua", reload_probe=True,
-           note="WAF: the same rules, enforce, audit log to a file; benign mix", filters="""
-  - name: waf
-    mode: enforce
-    rules:
-      - {repo}/filters/waf/base.conf
-    audit_log: {tmp}/waf-audit.log
-"""),
+           note="WAF: the same rules, enforce, audit log to a file; benign mix", filters=WAF_FILTER),
     Target("nginx+modsec attack", start_nginx_modsec, script="attack.lua", expect_blocked=True,
            note="nginx + ModSecurity, attack mix (every request blocked)"),
     Target("outrider+waf attack", start_outrider, script="attack.lua", expect_blocked=True,
-           note="Outrider WAF, attack mix (every request blocked)", filters="""
-  - name: waf
-    mode: enforce
-    rules:
-      - {repo}/filters/waf/base.conf
-    audit_log: {tmp}/waf-audit.log
-"""),
+           note="Outrider WAF, attack mix (every request blocked)", filters=WAF_FILTER),
     Target("outrider+tracing", start_outrider, collector=True,
            note="tracing filter, sampling 100%, exporting to a real collector (rotel)", filters="""
   - name: tracing
@@ -585,11 +582,15 @@ def parse_wrk(out: str) -> WrkResult:
                      sum(int(x) for x in sock.groups()) if sock else 0, out)
 
 
-def wrk(port: int, seconds: int, script: str | None = None) -> WrkResult:
+def wrk_argv(port: int, seconds: int, script: str | None = None) -> list[str]:
     argv = ["wrk", "-t1", f"-c{CONNS}", f"-d{seconds}s", "--latency"]
     if script:
         argv += ["-s", os.path.join(HERE, "waf", script)]
-    argv.append(f"http://127.0.0.1:{port}/")
+    return argv + [f"http://127.0.0.1:{port}/"]
+
+
+def wrk(port: int, seconds: int, script: str | None = None) -> WrkResult:
+    argv = wrk_argv(port, seconds, script)
     r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
     if r.returncode != 0:
         raise RuntimeError(f"wrk exited {r.returncode}: {r.stderr.strip()}")
@@ -649,11 +650,7 @@ def reload_under_load(running: Running, t: Target, reloads: int = 4) -> str:
     request failed meanwhile."""
     admin = running.admin_port
     seconds = 2 + 2 * reloads
-    argv = ["wrk", "-t1", f"-c{CONNS}", f"-d{seconds}s", "--latency"]
-    if t.script:
-        argv += ["-s", os.path.join(HERE, "waf", t.script)]
-    argv.append(f"http://127.0.0.1:{running.port}/")
-    w = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    w = subprocess.Popen(wrk_argv(running.port, seconds, t.script), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     durations = []
     try:
         time.sleep(1.5)
