@@ -6,6 +6,7 @@ RELEASE_BIN  := .build/release/outrider
 SWIFT_RELEASE = $(SWIFT) build -c release --static-swift-stdlib --product outrider
 FUZZ_SECONDS ?= 600
 FUZZ_BIN     := .build-fuzz/release/HTTP1Fuzz
+WAF_FUZZ_BIN := .build-fuzz/release/WAFFuzz
 
 # Debian packages: build-time C libraries, test peers and benchmark peers.
 APT_PACKAGES := curl wrk nginx-light haproxy nghttp2-client nghttp2-server iptables iproute2 pkg-config strace \
@@ -13,7 +14,7 @@ APT_PACKAGES := curl wrk nginx-light haproxy nghttp2-client nghttp2-server iptab
                 modsecurity-crs libmodsecurity3 libnginx-mod-http-modsecurity
 PIP_PACKAGES := pytest rotel opentelemetry-proto h2
 
-.PHONY: all deps build run test unit-test integration-test crs-test redirect-test fuzz fuzz-smoke bench waf-bench check crs clean
+.PHONY: all deps build run test unit-test integration-test crs-test redirect-test fuzz fuzz-waf fuzz-smoke bench waf-bench check crs clean
 
 all: build
 
@@ -63,8 +64,20 @@ fuzz: $(FUZZ_BIN)
 	@mkdir -p .build-fuzz/corpus && cp -n fuzz/http1-seeds/* .build-fuzz/corpus/ 2>/dev/null || true
 	SWIFT_BACKTRACE=enable=no $(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -timeout=10 .build-fuzz/corpus
 
+$(WAF_FUZZ_BIN): $(shell find Sources/WAF Sources/WAFFuzz Sources/CPCRE2 Sources/CInjection -name '*.swift' -o -name '*.[ch]')
+	$(SWIFT) build -c release --sanitize=fuzzer -Xswiftc -sanitize=fuzzer -Xswiftc -DFUZZING \
+	  --product WAFFuzz --scratch-path .build-fuzz
+	@mkdir -p $(dir $(WAF_FUZZ_BIN)) && touch $(WAF_FUZZ_BIN)
+
+# libFuzzer on the WAF's request-body processors (urlencoded, multipart, JSON, XML), cookie and
+# query parsing, transformations and the SecLang loader (10 minutes by default).
+fuzz-waf: $(WAF_FUZZ_BIN)
+	@mkdir -p .build-fuzz/waf-corpus && cp -n fuzz/waf-seeds/* .build-fuzz/waf-corpus/ 2>/dev/null || true
+	SWIFT_BACKTRACE=enable=no $(WAF_FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 .build-fuzz/waf-corpus
+
 fuzz-smoke:
 	$(MAKE) fuzz FUZZ_SECONDS=60
+	$(MAKE) fuzz-waf FUZZ_SECONDS=60
 
 bench: build
 	OUTRIDER_BIN=$(CURDIR)/$(RELEASE_BIN) python3 bench/bench.py

@@ -59,6 +59,11 @@ let package = Package(
             name: "HTTP1Fuzz", dependencies: ["HTTP1", "OutriderCore"],
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]
         ),
+        // libFuzzer entry for the WAF's body processors, request parsing and SecLang loader (make fuzz-waf).
+        .executableTarget(
+            name: "WAFFuzz", dependencies: ["WAF"],
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
+        ),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "OutriderCore"]),
         .testTarget(name: "TLSTests", dependencies: ["TLS", "OutriderCore"]),
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "OutriderCore"]),
