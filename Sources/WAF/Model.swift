@@ -262,6 +262,8 @@ final class Rule: @unchecked Sendable {
     @exclusivity(unchecked) var multiMatch = false
     @exclusivity(unchecked) var setvars: [SetVar] = []
     @exclusivity(unchecked) var initcols: [(Collection, Macro)] = []
+    /// expirevar: collection, variable name, seconds (macros allowed in both).
+    @exclusivity(unchecked) var expirevars: [(Collection, Macro, Macro)] = []
     @exclusivity(unchecked) var ctls: [CtlAction] = []
     @exclusivity(unchecked) var skip = 0
     @exclusivity(unchecked) var skipAfter: String?

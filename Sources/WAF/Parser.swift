@@ -619,7 +619,13 @@ final class Loader {
             guard need(), let eq = v.firstIndex(of: "=") else { error(file, line, "bad initcol '\(v)'"); return }
             guard let c = Collection(rawValue: String(v[..<eq]).asciiUppercased) else { error(file, line, "initcol: unknown collection in '\(v)'"); return }
             r.initcols.append((c, Macro(String(v[v.index(after: eq)...]))))
-        case "expirevar", "setuid", "setsid", "setenv", "setrsc", "deprecatevar", "sanitisearg", "sanitizearg", "sanitisematched",
+        case "expirevar":
+            guard need(), let eq = v.firstIndex(of: "="), let dot = v[..<eq].firstIndex(of: "."),
+                  let c = Collection(rawValue: String(v[..<dot]).asciiUppercased) else {
+                error(file, line, "bad expirevar '\(v)' (expected collection.name=seconds)"); return
+            }
+            r.expirevars.append((c, Macro(String(v[v.index(after: dot)..<eq])), Macro(String(v[v.index(after: eq)...]))))
+        case "setuid", "setsid", "setenv", "setrsc", "deprecatevar", "sanitisearg", "sanitizearg", "sanitisematched",
              "sanitizematched", "sanitisematchedbytes", "sanitizematchedbytes", "sanitiserequestheader", "sanitizerequestheader",
              "sanitiseresponseheader", "sanitizeresponseheader", "append", "prepend", "exec", "pause", "proxy", "xmlns", "sanitizematchbytes":
             return

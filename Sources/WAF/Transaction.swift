@@ -229,6 +229,9 @@ public final class Transaction {
     @exclusivity(unchecked) var arenaCount = 0
     @exclusivity(unchecked) var arenaCapacity = 8192
     @exclusivity(unchecked) var phasesRun = Set<Int>()
+    /// Collections opened with initcol (written back after phase 5) and expirevar deadlines.
+    @exclusivity(unchecked) var persisted: [(collection: Collection, key: Bytes)] = []
+    @exclusivity(unchecked) var expiries: [Int: [String: UInt64]] = [:]
 
     public init(ruleSet: RuleSet, requestID: String, clientAddress: String, clientPort: Int = 0,
                 serverAddress: String = "", serverPort: Int = 0, startNanos: UInt64 = 0) {
@@ -426,7 +429,15 @@ public final class Transaction {
         return runPhase(4)
     }
 
-    public func processLogging() { _ = runPhase(5) }
+    /// Phase 5, then the collections opened with initcol are written back.
+    public func processLogging() {
+        _ = runPhase(5)
+        let now = wallSeconds()
+        for (c, key) in persisted {
+            PersistentStore.shared.save(c, key, collections[c] ?? VarStore(), expiry: expiries[c.ordinal] ?? [:], now: now)
+        }
+        persisted.removeAll()
+    }
 
     // MARK: phases
 
@@ -902,6 +913,7 @@ public final class Transaction {
     /// setvar runs for every matched value as soon as it matches (ModSecurity v3's
     /// "independent of the chained rule result"); the rest after the whole chain matched.
     func runSetVars(_ r: Rule) {
+        if !r.initcols.isEmpty { openCollections(r) }
         for sv in r.setvars {
             let key: Bytes, kl: String
             if sv.key.isConstant { key = sv.key.constant; kl = sv.key.constantKey } else { key = expand(sv.key, rule: r); kl = keyString(key) }
@@ -921,11 +933,23 @@ public final class Transaction {
         }
     }
 
+    /// initcol: loads the stored record before this rule's setvars touch it. The first initcol
+    /// of a collection in a transaction wins, as in ModSecurity.
+    func openCollections(_ r: Rule) {
+        for (c, m) in r.initcols where !persisted.contains(where: { $0.collection == c }) {
+            let key = expand(m, rule: r)
+            let (store, expiry) = PersistentStore.shared.load(c, key, now: wallSeconds())
+            collections[c] = store
+            expiries[c.ordinal] = expiry
+            persisted.append((c, key))
+        }
+    }
+
     func runActions(_ r: Rule, setvars: Bool = true) {
         if setvars { runSetVars(r) }
-        for (c, m) in r.initcols {
-            if collections[c] == nil { collections[c] = VarStore() }
-            _ = m
+        for (c, name, seconds) in r.expirevars {
+            let s = parseLeadingInt(expand(seconds, rule: r))
+            expiries[c.ordinal, default: [:]][keyString(expand(name, rule: r))] = wallSeconds() &+ UInt64(max(0, s))
         }
         for c in r.ctls {
             switch c {
@@ -1091,6 +1115,8 @@ final class RegexCache: Sendable {
         return r
     }
 }
+
+func wallSeconds() -> UInt64 { wallNanos() / 1_000_000_000 }
 
 func wallNanos() -> UInt64 {
     var ts = timespec()

@@ -10,8 +10,9 @@ func load(_ text: String) throws -> RuleSet {
     }
 }
 
-func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(String, String)] = [("Host", "localhost")], body: String? = nil) -> Transaction {
-    let tx = Transaction(ruleSet: rs, requestID: "t1", clientAddress: "127.0.0.1")
+func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(String, String)] = [("Host", "localhost")], body: String? = nil,
+         client: String = "127.0.0.1") -> Transaction {
+    let tx = Transaction(ruleSet: rs, requestID: "t1", clientAddress: client)
     var h = headers
     if let body, !h.contains(where: { $0.0.lowercased() == "content-type" }) { h.append(("Content-Type", "application/x-www-form-urlencoded")) }
     if let body { h.append(("Content-Length", String(body.utf8.count))) }
@@ -24,7 +25,9 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
 
 @Suite struct ParserTests {
     @Test func loadsDebianCRS() throws {
-        let r = SecLang.load(files: ["/work/main/filters/waf/base.conf"])
+        // The repository's base.conf, found from this file (the checkout may live anywhere).
+        let repo = String(#filePath).components(separatedBy: "/Tests/WAFTests/")[0]
+        let r = SecLang.load(files: [repo + "/filters/waf/base.conf"])
         switch r {
         case .success(let rs):
             #expect(rs.ruleCount > 500)
@@ -129,6 +132,27 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
         #expect(tx.intervention == nil)
         #expect(tx.matches.first?.id == 20)
         #expect(tx.matches.first?.modsecText(uri: "/", uniqueID: "t1", hostname: "h").contains("[id \"20\"]") == true)
+    }
+
+    @Test func ipCollectionPersistsAcrossRequestsAndExpires() async throws {
+        let rs = try load("""
+        SecRuleEngine On
+        SecAction "id:1,phase:1,pass,nolog,initcol:ip=%{REMOTE_ADDR},setvar:ip.hits=+1"
+        SecRule IP:blocked "@eq 1" "id:2,phase:1,deny,status:403"
+        SecRule IP:hits "@gt 2" "id:3,phase:1,deny,status:429,setvar:ip.blocked=1,expirevar:ip.blocked=1"
+        """)
+        func status(_ client: String) -> Int? {
+            let tx = run(rs, target: "/", client: client)
+            tx.processLogging()   // writes the IP record back
+            return tx.intervention?.status
+        }
+        #expect(status("10.9.8.1") == nil)
+        #expect(status("10.9.8.1") == nil)
+        #expect(status("10.9.8.1") == 429)      // third request of this client
+        #expect(status("10.9.8.2") == nil)      // another client has its own record
+        #expect(status("10.9.8.1") == 403)     // ip.blocked persisted from the previous request
+        try await Task.sleep(for: .milliseconds(2100))
+        #expect(status("10.9.8.1") == 429)     // ip.blocked expired; hits kept counting
     }
 
     @Test func bodies() throws {
