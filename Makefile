@@ -54,7 +54,7 @@ integration-test: build
 redirect-test: deps
 	bash deploy/init/test_redirect.sh
 
-$(FUZZ_BIN): $(shell find Sources/HTTP1 Sources/HTTP1Fuzz Sources/OutriderCore -name '*.swift')
+$(FUZZ_BIN): $(shell find Sources/HTTP1 Sources/HTTP1Fuzz Sources/FuzzReplay Sources/OutriderCore -name '*.swift')
 	$(SWIFT) build -c release --sanitize=fuzzer -Xswiftc -sanitize=fuzzer -Xswiftc -DFUZZING \
 	  --product HTTP1Fuzz --scratch-path .build-fuzz
 	@mkdir -p $(dir $(FUZZ_BIN)) && touch $(FUZZ_BIN)
@@ -64,7 +64,7 @@ fuzz: $(FUZZ_BIN)
 	@mkdir -p .build-fuzz/corpus && cp -n fuzz/http1-seeds/* .build-fuzz/corpus/ 2>/dev/null || true
 	SWIFT_BACKTRACE=enable=no $(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -timeout=10 .build-fuzz/corpus
 
-$(WAF_FUZZ_BIN): $(shell find Sources/WAF Sources/WAFFuzz Sources/CPCRE2 Sources/CInjection -name '*.swift' -o -name '*.[ch]')
+$(WAF_FUZZ_BIN): $(shell find Sources/WAF Sources/WAFFuzz Sources/FuzzReplay Sources/CPCRE2 Sources/CInjection -name '*.swift' -o -name '*.[ch]')
 	$(SWIFT) build -c release --sanitize=fuzzer -Xswiftc -sanitize=fuzzer -Xswiftc -DFUZZING \
 	  --product WAFFuzz --scratch-path .build-fuzz
 	@mkdir -p $(dir $(WAF_FUZZ_BIN)) && touch $(WAF_FUZZ_BIN)

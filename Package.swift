@@ -54,14 +54,16 @@ let package = Package(
         .target(name: "Proxy", dependencies: ["CLinux", "OutriderCore", "EventLoop", "HTTP1", "Config", "Telemetry", "Filters", "TLS", "HTTP2"], swiftSettings: hotPath),
         // CLI, wiring, signals, reload, drain.
         .executableTarget(name: "Outrider", dependencies: ["Proxy", "Config", "Telemetry", "Filters", "EventLoop", "OutriderCore", "CLinux"]),
+        // The replay driver of the fuzz targets' plain builds.
+        .target(name: "FuzzReplay"),
         // libFuzzer entry for the HTTP/1 parsers (make fuzz).
         .executableTarget(
-            name: "HTTP1Fuzz", dependencies: ["HTTP1", "OutriderCore"],
+            name: "HTTP1Fuzz", dependencies: ["HTTP1", "OutriderCore", "FuzzReplay"],
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]
         ),
         // libFuzzer entry for the WAF's body processors, request parsing and SecLang loader (make fuzz-waf).
         .executableTarget(
-            name: "WAFFuzz", dependencies: ["WAF"],
+            name: "WAFFuzz", dependencies: ["WAF", "FuzzReplay"],
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]
         ),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "OutriderCore"]),

@@ -189,35 +189,10 @@ private func firstRequestHead(_ input: [UInt8]) -> HTTP1RequestEvent? {
 }
 
 #if !FUZZING
-// Without libFuzzer (plain `swift build`), a replay driver: runs each file named on the
-// command line through the fuzz entry, so crashes found by `make fuzz` can be reproduced.
-@main struct FuzzReplay {
-    static func main() {
-        var files = 0
-        for path in CommandLine.arguments.dropFirst() {
-            guard let bytes = readFile(path) else {
-                print("cannot read \(path)")
-                continue
-            }
-            bytes.withUnsafeBufferPointer { buffer in
-                if let base = buffer.baseAddress { _ = fuzz(base, buffer.count) }
-            }
-            files += 1
-        }
-        print("ok \(files) files")
-    }
+import FuzzReplay
 
-    private static func readFile(_ path: String) -> [UInt8]? {
-        guard let file = fopen(path, "rb") else { return nil }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65_536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, file) }
-            if n <= 0 { break }
-            bytes.append(contentsOf: chunk[0..<n])
-        }
-        return bytes
-    }
+// Without libFuzzer (plain `swift build`): replays the files named on the command line.
+@main struct Replay {
+    static func main() { replayFiles(CommandLine.arguments.dropFirst(), through: fuzz) }
 }
 #endif

@@ -85,24 +85,10 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
 }
 
 #if !FUZZING
-/// Without libFuzzer (a plain build): replays the files named on the command line.
-@main struct FuzzReplay {
-    static func main() {
-        var files = 0
-        for path in CommandLine.arguments.dropFirst() {
-            guard let file = fopen(path, "rb") else { print("cannot read \(path)"); continue }
-            var bytes: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 65_536)
-            while true {
-                let n = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, file) }
-                if n <= 0 { break }
-                bytes.append(contentsOf: chunk[0..<n])
-            }
-            fclose(file)
-            bytes.withUnsafeBufferPointer { if let b = $0.baseAddress { _ = fuzz(b, $0.count) } }
-            files += 1
-        }
-        print("ok \(files) files")
-    }
+import FuzzReplay
+
+// Without libFuzzer (plain `swift build`): replays the files named on the command line.
+@main struct Replay {
+    static func main() { replayFiles(CommandLine.arguments.dropFirst(), through: fuzz) }
 }
 #endif
