@@ -280,6 +280,12 @@ final class Rule: @unchecked Sendable {
     @exclusivity(unchecked) var idString = "0"
     /// The "can it match at all?" pre-test, for rules of the shape it covers (set at finish).
     @exclusivity(unchecked) var fast: FastPlan?
+    /// The literal prefilter's bit for this link (-1: none), its chain group and the sources
+    /// it reads (bit n: `Prefilter.Slot(rawValue: n)`), plus whether it also reads XML.
+    @exclusivity(unchecked) var prefilterBit: Int32 = -1
+    @exclusivity(unchecked) var prefilterGroup: Int32 = 0
+    @exclusivity(unchecked) var prefilterSlots: UInt32 = 0
+    @exclusivity(unchecked) var prefilterXML = false
 
     var isMarker: Bool { marker != nil }
 }

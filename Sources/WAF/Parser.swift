@@ -16,10 +16,12 @@ public final class RuleSet: @unchecked Sendable {
     /// Every file read (rule files, includes, data files), for reload watching.
     public let files: [String]
     public let warnings: [RuleDiagnostic]
+    /// The literal prefilter over the rules that have required literals (nil: none do).
+    let prefilter: Prefilter?
 
     init(settings: EngineSettings, phases: [[Rule]], markers: [[String: Int]], defaultDisruptive: [Disruptive],
-         defaultLog: [Bool], rulesByID: [Int: Rule], files: [String], warnings: [RuleDiagnostic]) {
-        self.settings = settings; self.phases = phases; self.markers = markers
+         defaultLog: [Bool], rulesByID: [Int: Rule], files: [String], warnings: [RuleDiagnostic], prefilter: Prefilter?) {
+        self.settings = settings; self.phases = phases; self.markers = markers; self.prefilter = prefilter
         self.defaultDisruptive = defaultDisruptive; self.defaultLog = defaultLog
         self.rulesByID = rulesByID; self.ruleCount = rulesByID.count; self.files = files; self.warnings = warnings
     }
@@ -761,20 +763,24 @@ final class Loader {
                 }
             }
         }
+        var prefiltered: [(Rule, [Bytes])] = []
         for p in 1...5 {
             for r in phases[p] where !r.isMarker {
                 r.skipAfterIndex = r.skipAfter.flatMap { markers[p][$0] }
                 var link: Rule? = r
                 while let l = link {
                     l.fast = FastPlan(targets: l.targets, exclusions: l.exclusions, op: l.op, multiMatch: l.multiMatch)
+                    if let lits = Prefilter.literals(for: l) { prefiltered.append((l, lits)) }
                     link = l.chained
                 }
             }
         }
+        let prefilter = Prefilter.build(prefiltered)
         for r in byID.values where removed(r) { byID[r.id] = nil }
         RegexScratch.matchLimit = max(RegexScratch.matchLimit, settings.pcreMatchLimit)
         return .success(RuleSet(settings: settings, phases: phases, markers: markers, defaultDisruptive: defaultDisruptive,
-                                defaultLog: defaultLog, rulesByID: byID, files: files, warnings: warnings))
+                                defaultLog: defaultLog, rulesByID: byID, files: files, warnings: warnings,
+                                prefilter: prefilter))
     }
 
     /// ModSecurity compares tags for removal as a regex; CRS uses plain names.

@@ -214,6 +214,11 @@ public final class Transaction {
     @exclusivity(unchecked) var cacheKeys: [Int] = []
     @exclusivity(unchecked) var cacheSpans: [Span] = []
     @exclusivity(unchecked) var cacheUsed = 0
+    /// Literal prefilter state: per (chain group, slot) the offset of its rule bits in the pool (-1: not scanned yet).
+    @exclusivity(unchecked) var prefilterOffsets: [Int32] = []
+    @exclusivity(unchecked) var prefilterPool: [UInt64] = []
+    /// Off only to compare decisions with and without the prefilter (tests).
+    @exclusivity(unchecked) var usePrefilter = true
     /// This thread's PCRE2 match data and JIT stack.
     let scratch: UnsafeMutablePointer<cpcre2_scratch>?
     /// Entry ids are even and start above the ids of the fixed scalars (`Scalar`).
@@ -399,6 +404,7 @@ public final class Transaction {
         resetScalar(.requestBody)
         resetScalar(.xmlText)
         xmlAttributeEntries = nil
+        resetBodyPrefilter()
         return runPhase(2)
     }
 
@@ -517,7 +523,10 @@ public final class Transaction {
         var depth = 0
         var link: Rule? = starter
         while let l = link {
-            if let plan = l.fast, targetRemovalsByID.isEmpty, targetRemovalsByTag.isEmpty, !fastMayMatch(l, plan) { return false }
+            if let plan = l.fast, targetRemovalsByID.isEmpty, targetRemovalsByTag.isEmpty {
+                if l.prefilterBit >= 0, usePrefilter, !prefilterMayMatch(l) { return false }
+                if !fastMayMatch(l, plan) { return false }
+            }
             guard evaluate(l, starter: starter) else { return false }
             depth += 1
             link = l.chained
@@ -596,11 +605,16 @@ public final class Transaction {
     @inline(__always) func transformed(_ v: Value, _ r: Rule) -> Span { transformed(v.value, id: v.id, r) }
 
     /// The same for a value given by its bytes and cache id (-1: not cached).
-    func transformed(_ value: Span, id: Int, _ r: Rule) -> Span {
-        guard id >= 0 else { return applyTransforms(value, r) }
-        let key = id &<< 16 | r.transformChainID
+    @inline(__always) func transformed(_ value: Span, id: Int, _ r: Rule) -> Span {
+        transformed(value, id: id, chainID: r.transformChainID, transforms: r.transforms)
+    }
+
+    /// The same for a transformation chain given by its id and steps.
+    func transformed(_ value: Span, id: Int, chainID: Int, transforms: [Transform]) -> Span {
+        guard id >= 0 else { return applyTransforms(value, transforms) }
+        let key = id &<< 16 | chainID
         if let hit = cacheLookup(key) { return hit }
-        let result = applyTransforms(value, r)
+        let result = applyTransforms(value, transforms)
         cacheInsert(key, result)
         return result
     }
@@ -635,10 +649,14 @@ public final class Transaction {
         cacheSpans[i] = span
     }
 
-    func applyTransforms(_ s: Span, _ r: Rule) -> Span {
+    func applyTransforms(_ s: Span, _ transforms: [Transform]) -> Span {
+        // Leading steps that leave the value as it is are checked in place (no copy).
+        var k = 0
+        while k < transforms.count, transforms[k].unchanged(buffer(s)) { k += 1 }
+        if k == transforms.count { return s }
         let original = bytes(s)
         var cur = original
-        for t in r.transforms { cur = t.apply(cur) }
+        while k < transforms.count { cur = transforms[k].apply(cur); k += 1 }
         return cur == original ? s : store(cur)
     }
 

@@ -15,6 +15,43 @@ enum Transform: String, Sendable, CaseIterable {
         return allCases.first { $0.rawValue.asciiLowercased == l }
     }
 
+    /// True when `apply` would return `v` unchanged, decided without copying it; false when
+    /// unsure. Most request values are plain text that most transformations leave alone, and
+    /// this lets a chain skip copying them out of the arena. Each test mirrors the early
+    /// return of the transformation it stands for.
+    func unchanged(_ v: UnsafeBufferPointer<UInt8>) -> Bool {
+        switch self {
+        case .none: return true
+        case .lowercase: return !v.contains { $0 >= 65 && $0 <= 90 }
+        case .uppercase: return !v.contains { $0 >= 97 && $0 <= 122 }
+        case .urlDecode, .urlDecodeUni: return !v.contains { $0 == 37 || $0 == 43 }
+        case .htmlEntityDecode: return !v.contains(38)
+        case .jsDecode, .cssDecode: return !v.contains(92)
+        case .utf8toUnicode: return !v.contains { $0 >= 0x80 }
+        case .removeNulls, .replaceNulls: return !v.contains(0)
+        case .removeWhitespace: return !v.contains { isSpaceByte($0) || $0 == 0xa0 }
+        case .compressWhitespace:
+            // Every whitespace run must already be one plain space.
+            var prevSpace = false
+            for c in v {
+                let sp = isSpaceByte(c) || c == 0xa0
+                if sp && (c != 32 || prevSpace) { return false }
+                prevSpace = sp
+            }
+            return true
+        case .cmdLine:
+            return !v.contains { c in
+                c == 34 || c == 39 || c == 92 || c == 94 || c == 32 || c == 44 || c == 59 || (c >= 9 && c <= 13)
+                    || c == 47 || c == 40 || (c >= 65 && c <= 90)
+            }
+        case .replaceComments: return !v.contains(47)
+        case .normalisePath, .normalizePath: return !v.contains(47) && !(v.count == 1 && v[0] == 46)
+        case .normalisePathWin, .normalizePathWin: return !v.contains { $0 == 47 || $0 == 92 } && !(v.count == 1 && v[0] == 46)
+        case .parityZero7bit, .parityEven7bit, .parityOdd7bit: return !v.contains { $0 >= 0x80 }
+        default: return false
+        }
+    }
+
     func apply(_ b: Bytes) -> Bytes {
         switch self {
         case .none: return b

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import WAF
 
@@ -173,7 +174,8 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
 
 @Suite struct CRSTests {
     static let rs: RuleSet? = {
-        if case .success(let rs) = SecLang.load(files: ["/work/main/filters/waf/base.conf"]) { return rs }
+        let repo = String(#filePath).components(separatedBy: "/Tests/WAFTests/")[0]
+        if case .success(let rs) = SecLang.load(files: [repo + "/filters/waf/base.conf"]) { return rs }
         return nil
     }()
 
@@ -194,6 +196,91 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
                           ("GET", "/search?q=red+running+shoes", nil), ("GET", "/static/app.js?v=1.2.3", nil)] as [(String, String, String?)] {
             let tx = run(rs, method: m, target: t, headers: h, body: b)
             #expect(tx.intervention == nil, "\(t): \(tx.matches.map { "\($0.id) \($0.msg)" })")
+        }
+    }
+}
+
+@Suite struct PrefilterTests {
+    func lits(_ p: String) -> [String]? { RegexLiterals.required(Array(p.utf8)).map { $0.map { String(decoding: $0, as: UTF8.self) } } }
+
+    @Test func requiredLiteralsOfCommonShapes() {
+        #expect(lits("(?i)union\\s+select") == ["select"])
+        #expect(lits("abc|def") == ["abc", "def"])
+        #expect(lits("a(?:b|c)d") == ["abd", "acd"])
+        #expect(lits("FOO\\d+bar") == ["bar"] || lits("FOO\\d+bar") == ["foo"])
+        #expect(lits("<script[^>]*>") == ["<script"])
+        #expect(lits("\\x3cscript") == ["<script"])
+        #expect(lits("[\"'`]") == ["\"", "'", "`"])
+        #expect(lits("ab?c") == ["abc", "ac"])
+        // No requirement: anything optional, unanchored wildcards, backreferences, extended mode.
+        #expect(lits("^.*$") == nil)
+        #expect(lits("x?") == nil)
+        #expect(lits("a|.") == nil)
+        #expect(lits("(a)?\\1") == nil)
+        #expect(lits("(?x) a b c") == nil)
+        #expect(lits("(?(1)a|b)") == nil)
+        #expect(lits("[^a]") == nil)
+        // Lookarounds are zero width: only what is consumed counts.
+        #expect(lits("(?=abc)xyz") == ["xyz"])
+        #expect(lits("(?<!foo)bar") == ["bar"])
+    }
+
+    /// Soundness on real attack text: whenever a CRS regex matches a string, one of its
+    /// literals is in that string. The corpus is every value line of the CRS regression tests,
+    /// raw and percent-decoded.
+    @Test(.enabled(if: CRSTests.rs != nil)) func literalsAreRequiredOnCRSPayloads() throws {
+        let rs = try #require(CRSTests.rs)
+        let repo = String(#filePath).components(separatedBy: "/Tests/WAFTests/")[0]
+        let dir = repo + "/../shared/crs-tests/v3.3.4"
+        var corpus: [Bytes] = []
+        if let e = FileManager.default.enumerator(atPath: dir) {
+            for case let f as String in e where f.hasSuffix(".yaml") {
+                guard let text = try? String(contentsOfFile: dir + "/" + f, encoding: .isoLatin1) else { continue }
+                for line in text.split(separator: "\n") {
+                    guard let colon = line.firstIndex(of: ":") else { continue }
+                    let v = Bytes(line[line.index(after: colon)...].utf8)
+                    corpus.append(v)
+                    corpus.append(T.urlDecode(v, uni: true))
+                }
+            }
+        }
+        try #require(corpus.count > 1000, "CRS regression tests not found under \(dir)")
+        var checked = 0
+        for p in 1...5 {
+            for r in rs.phases[p] where !r.isMarker {
+                var link: Rule? = r
+                while let l = link {
+                    link = l.chained
+                    guard case .rx(let re) = l.op.kind, let req = RegexLiterals.required(re.pattern.latin1) else { continue }
+                    for v in corpus where re.matches(v) {
+                        let folded = v.map(lowerByte)
+                        #expect(req.contains { bytesFind(folded, $0) != nil }, "rule \(l.id): /\(re.pattern)/ matched \(String(decoding: v, as: UTF8.self)) without any of its literals")
+                        checked += 1
+                    }
+                }
+            }
+        }
+        #expect(checked > 1000)
+    }
+
+    @Test(.enabled(if: CRSTests.rs != nil)) func prefilterDecidesLikeTheFullEvaluator() throws {
+        // The same requests through the CRS with and without the prefilter must match the same rules.
+        let rs = try #require(CRSTests.rs)
+        #expect(rs.prefilter != nil)
+        let h = [("Host", "localhost"), ("User-Agent", "Mozilla/5.0"), ("Accept", "*/*")]
+        for t in ["/?id=1%27%20or%20%271%27=%271", "/?q=%3Cscript%3Ealert(1)%3C/script%3E", "/?f=../../../../etc/passwd",
+                  "/?x=;cat%20/etc/passwd", "/products?id=1234&page=2&q=blue+shoes", "/?a=%24%7Bjndi:ldap://x%7D",
+                  "/index.php?x=%3C%3Fphp%20system(%27id%27)%3B"] {
+            func matched(_ prefilter: Bool) -> [Int] {
+                let tx = Transaction(ruleSet: rs, requestID: "t", clientAddress: "127.0.0.1")
+                tx.usePrefilter = prefilter
+                _ = tx.processRequestHeaders(method: "GET", target: t, protocol: "HTTP/1.1", headers: h)
+                _ = tx.processRequestBody()
+                return tx.matches.map(\.id)
+            }
+            let with = matched(true)
+            #expect(!with.isEmpty || t.hasPrefix("/products"))
+            #expect(with == matched(false), "\(t)")
         }
     }
 }
