@@ -67,6 +67,8 @@ final class FastPlan: @unchecked Sendable {
     let exclusions: [FastExclusion]
     let op: Op
     let negated: Bool
+    /// multiMatch: the operator runs on the value and after every transformation that changed it.
+    let multiMatch: Bool
     /// Key bytes the selectors point into (kept alive with the plan).
     private let keyStore: KeyStore
 
@@ -95,7 +97,7 @@ final class FastPlan: @unchecked Sendable {
 
     /// The plan for a rule, or nil when the rule has a shape the fast test does not cover.
     init?(targets ts: [Target], exclusions xs: [Exclusion], op o: Operator, multiMatch: Bool) {
-        if multiMatch || ts.isEmpty { return nil }
+        if ts.isEmpty { return nil }
         let store = KeyStore()
         func selector(_ k: KeySelector) -> Selector {
             switch k {
@@ -184,6 +186,7 @@ final class FastPlan: @unchecked Sendable {
         txKeys = keys
         exclusions = ex
         negated = o.negated
+        self.multiMatch = multiMatch
         keyStore = store
     }
 }
@@ -280,7 +283,29 @@ extension Transaction {
 
     @inline(__always)
     private func fastValue(_ span: Span, _ id: Int, _ plan: FastPlan, _ r: Rule, _ transforms: Bool) -> Bool {
-        let v = buffer(transforms ? transformed(span, id: id, r) : span)
+        if plan.multiMatch { return fastMultiMatch(span, plan, r) }
+        return fastOperator(buffer(transforms ? transformed(span, id: id, r) : span), plan)
+    }
+
+    /// multiMatch as the evaluator runs it: the raw value, then each transformation result
+    /// that differs from the one before (not cached: intermediate results are per rule).
+    private func fastMultiMatch(_ span: Span, _ plan: FastPlan, _ r: Rule) -> Bool {
+        if fastOperator(buffer(span), plan) { return true }
+        var cur = span
+        for t in r.transforms {
+            if t.unchanged(buffer(cur)) { continue }
+            let before = bytes(cur)
+            let next = t.apply(before)
+            if next == before { continue }
+            cur = store(next)
+            if fastOperator(buffer(cur), plan) { return true }
+        }
+        return false
+    }
+
+    /// The plan's operator on one value, negation included.
+    @inline(__always)
+    private func fastOperator(_ v: UnsafeBufferPointer<UInt8>, _ plan: FastPlan) -> Bool {
         let m: Bool
         switch plan.op {
         case .rx(let code):

@@ -62,11 +62,11 @@ final class Prefilter: @unchecked Sendable {
         self.words = words
     }
 
-    /// The literals of a rule link, or nil when it cannot be prefiltered: a negated operator,
+    /// The literals of a rule link, or nil when it cannot be prefiltered: a negated operator, multiMatch,
     /// an operator other than @rx / @pm, a regex with no required literal, or a target the
     /// prefilter does not scan (TX, counts, REQUEST_BODY, …). Sets `prefilterSlots`.
     static func literals(for r: Rule) -> [Bytes]? {
-        guard let plan = r.fast, !plan.negated else { return nil }
+        guard let plan = r.fast, !plan.negated, !plan.multiMatch else { return nil }
         var mask: UInt32 = 0
         var xml = false
         for t in plan.targets {
