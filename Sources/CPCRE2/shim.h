@@ -55,8 +55,13 @@ static inline void cpcre2_scratch_free(cpcre2_scratch *s) {
     free(s);
 }
 /* Returns pcre2_match's result; on success ovector pairs are readable with cpcre2_ovector. */
+/* JIT-compiled code goes straight to pcre2_jit_match (the documented fast path: no option
+   checks, same result); code the JIT refused falls back to the interpreter. */
 static inline int cpcre2_match(const pcre2_code *code, const unsigned char *subject, size_t length, cpcre2_scratch *s) {
-    return pcre2_match(code, (PCRE2_SPTR)(subject ? subject : (const unsigned char *)""), length, 0, PCRE2_NO_UTF_CHECK, s->md, s->mc);
+    PCRE2_SPTR subj = (PCRE2_SPTR)(subject ? subject : (const unsigned char *)"");
+    int rc = pcre2_jit_match(code, subj, length, 0, 0, s->md, s->mc);
+    if (rc == PCRE2_ERROR_JIT_BADOPTION) rc = pcre2_match(code, subj, length, 0, PCRE2_NO_UTF_CHECK, s->md, s->mc);
+    return rc;
 }
 static inline size_t *cpcre2_ovector(cpcre2_scratch *s) { return (size_t *)pcre2_get_ovector_pointer(s->md); }
 static inline uint32_t cpcre2_ovector_count(cpcre2_scratch *s) { return pcre2_get_ovector_count(s->md); }

@@ -64,6 +64,8 @@ final class FastPlan: @unchecked Sendable {
 
     let targets: [FastTarget]
     let txKeys: [String]
+    /// The keys' interned ids (`Transaction.txRead`).
+    let txKeyIDs: [Int]
     let exclusions: [FastExclusion]
     let op: Op
     let negated: Bool
@@ -96,7 +98,7 @@ final class FastPlan: @unchecked Sendable {
     }
 
     /// The plan for a rule, or nil when the rule has a shape the fast test does not cover.
-    init?(targets ts: [Target], exclusions xs: [Exclusion], op o: Operator, multiMatch: Bool) {
+    init?(targets ts: [Target], exclusions xs: [Exclusion], op o: Operator, multiMatch: Bool, intern: (String) -> Int) {
         if ts.isEmpty { return nil }
         let store = KeyStore()
         func selector(_ k: KeySelector) -> Selector {
@@ -184,6 +186,7 @@ final class FastPlan: @unchecked Sendable {
         }
         targets = out
         txKeys = keys
+        txKeyIDs = keys.map(intern)
         exclusions = ex
         negated = o.negated
         self.multiMatch = multiMatch
@@ -210,10 +213,10 @@ extension Transaction {
             case .xml: if xmlText != nil || !xmlAttributes.isEmpty { return true }
             case .tx:
                 if hasExclusions, plan.exclusions.contains(where: { $0.collection == .tx }) { return true }
-                let kv = collections.slots[Collection.tx.ordinal].map[plan.txKeys[t.txKey]]
+                let kv = txRead(plan.txKeyIDs[t.txKey], plan.txKeys[t.txKey])
                 if t.count {
                     if fastValue(store((kv == nil ? 0 : 1).bytes), -1, plan, r, transforms) { return true }
-                } else if let kv, fastValue(store(kv.value), -1, plan, r, transforms) { return true }
+                } else if let kv, fastValue(kv.value, -1, plan, r, transforms) { return true }
             default:
                 if hasExclusions, plan.exclusions.contains(where: { $0.collection == t.collection }) { return true }
                 let k: Scalar

@@ -286,6 +286,8 @@ final class Rule: @unchecked Sendable {
     @exclusivity(unchecked) var prefilterGroup: Int32 = 0
     @exclusivity(unchecked) var prefilterSlots: UInt32 = 0
     @exclusivity(unchecked) var prefilterXML = false
+    /// Set when the link is a plain numeric test of one TX variable (see `TxCompare`).
+    @exclusivity(unchecked) var txCompare: TxCompare?
 
     var isMarker: Bool { marker != nil }
 }
@@ -313,4 +315,38 @@ public struct EngineSettings: Sendable {
     public var pcreMatchLimit: UInt32 = 100_000
     public var collectionTimeout = 3600
     public var componentSignatures: [String] = []
+}
+
+/// A rule link of the shape CRS uses for control flow, `SecRule TX:EXECUTING_PARANOIA_LEVEL
+/// "@lt 2" "...,skipAfter:..."`: one exact TX key, no exclusions or transformations, a numeric
+/// operator with a constant operand, no capture and no setvar. About a hundred such links run
+/// per request; they are decided from a cached TX read instead of the general evaluator.
+struct TxCompare {
+    enum Kind { case eq, ge, gt, le, lt }
+    let keyID: Int
+    let key: String
+    let kind: Kind
+    let operand: Int
+    let param: Bytes
+    let negated: Bool
+
+    init?(_ r: Rule, intern: (String) -> Int) {
+        guard r.targets.count == 1, r.exclusions.isEmpty, r.transforms.isEmpty, !r.capture, !r.multiMatch,
+              r.setvars.isEmpty, r.initcols.isEmpty, r.op.param.isConstant else { return nil }
+        let t = r.targets[0]
+        guard t.collection == .tx, !t.count, case .exact(let k) = t.key else { return nil }
+        switch r.op.kind {
+        case .eq: kind = .eq
+        case .ge: kind = .ge
+        case .gt: kind = .gt
+        case .le: kind = .le
+        case .lt: kind = .lt
+        default: return nil
+        }
+        key = k
+        keyID = intern(k)
+        param = r.op.param.constant
+        operand = parseLeadingInt(param)
+        negated = r.op.negated
+    }
 }

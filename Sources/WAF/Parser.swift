@@ -18,10 +18,13 @@ public final class RuleSet: @unchecked Sendable {
     public let warnings: [RuleDiagnostic]
     /// The literal prefilter over the rules that have required literals (nil: none do).
     let prefilter: Prefilter?
+    /// TX keys read by pre-tests and TX comparisons, interned at load (ids 0 ..< txKeyCount).
+    let txKeyCount: Int
 
     init(settings: EngineSettings, phases: [[Rule]], markers: [[String: Int]], defaultDisruptive: [Disruptive],
-         defaultLog: [Bool], rulesByID: [Int: Rule], files: [String], warnings: [RuleDiagnostic], prefilter: Prefilter?) {
+         defaultLog: [Bool], rulesByID: [Int: Rule], files: [String], warnings: [RuleDiagnostic], prefilter: Prefilter?, txKeyCount: Int) {
         self.settings = settings; self.phases = phases; self.markers = markers; self.prefilter = prefilter
+        self.txKeyCount = txKeyCount
         self.defaultDisruptive = defaultDisruptive; self.defaultLog = defaultLog
         self.rulesByID = rulesByID; self.ruleCount = rulesByID.count; self.files = files; self.warnings = warnings
     }
@@ -764,12 +767,19 @@ final class Loader {
             }
         }
         var prefiltered: [(Rule, [Bytes])] = []
+        var txKeyIDs: [String: Int] = [:]
+        func intern(_ k: String) -> Int {
+            if let id = txKeyIDs[k] { return id }
+            txKeyIDs[k] = txKeyIDs.count
+            return txKeyIDs.count - 1
+        }
         for p in 1...5 {
             for r in phases[p] where !r.isMarker {
                 r.skipAfterIndex = r.skipAfter.flatMap { markers[p][$0] }
                 var link: Rule? = r
                 while let l = link {
-                    l.fast = FastPlan(targets: l.targets, exclusions: l.exclusions, op: l.op, multiMatch: l.multiMatch)
+                    l.fast = FastPlan(targets: l.targets, exclusions: l.exclusions, op: l.op, multiMatch: l.multiMatch, intern: intern)
+                    l.txCompare = TxCompare(l, intern: intern)
                     if let lits = Prefilter.literals(for: l) { prefiltered.append((l, lits)) }
                     link = l.chained
                 }
@@ -780,7 +790,7 @@ final class Loader {
         RegexScratch.matchLimit = max(RegexScratch.matchLimit, settings.pcreMatchLimit)
         return .success(RuleSet(settings: settings, phases: phases, markers: markers, defaultDisruptive: defaultDisruptive,
                                 defaultLog: defaultLog, rulesByID: byID, files: files, warnings: warnings,
-                                prefilter: prefilter))
+                                prefilter: prefilter, txKeyCount: txKeyIDs.count))
     }
 
     /// ModSecurity compares tags for removal as a regex; CRS uses plain names.

@@ -111,17 +111,20 @@ enum Scalar: Int, CaseIterable {
     var id: Int { 2 * rawValue + 2 }
 }
 
-/// Per-collection variable stores, indexed by collection case (no hashing).
+/// Per-collection variable stores, indexed by collection case (no hashing). Every write
+/// goes through a subscript setter, which bumps `version`: readers may cache what they read
+/// for as long as the version is unchanged.
 struct CollectionMap {
     static let size = Collection.allCases.count
-    var slots = [VarStore](repeating: VarStore(), count: CollectionMap.size)
+    private(set) var slots = [VarStore](repeating: VarStore(), count: CollectionMap.size)
+    private(set) var version: UInt64 = 0
     subscript(_ c: Collection) -> VarStore? {
         get { slots[c.ordinal] }
-        set { slots[c.ordinal] = newValue ?? VarStore() }
+        set { version &+= 1; slots[c.ordinal] = newValue ?? VarStore() }
     }
     subscript(_ c: Collection, default d: @autoclosure () -> VarStore) -> VarStore {
         get { slots[c.ordinal] }
-        _modify { yield &slots[c.ordinal] }
+        _modify { version &+= 1; yield &slots[c.ordinal] }
     }
 }
 
@@ -217,6 +220,11 @@ public final class Transaction {
     /// Literal prefilter state: per (chain group, slot) the offset of its rule bits in the pool (-1: not scanned yet).
     @exclusivity(unchecked) var prefilterOffsets: [Int32] = []
     @exclusivity(unchecked) var prefilterPool: [UInt64] = []
+    /// TX reads by interned key (`RuleSet.txKeyCount`): valid while `collections.version + 1`
+    /// equals the stored version (0: never read).
+    @exclusivity(unchecked) var txReadVersion: [UInt64] = []
+    @exclusivity(unchecked) var txReadKey: [Span] = []
+    @exclusivity(unchecked) var txReadValue: [Span] = []
     /// Off only to compare decisions with and without the prefilter (tests).
     @exclusivity(unchecked) var usePrefilter = true
     /// This thread's PCRE2 match data and JIT stack.
@@ -523,9 +531,17 @@ public final class Transaction {
         var depth = 0
         var link: Rule? = starter
         while let l = link {
-            if let plan = l.fast, targetRemovalsByID.isEmpty, targetRemovalsByTag.isEmpty {
-                if l.prefilterBit >= 0, usePrefilter, !prefilterMayMatch(l) { return false }
-                if !fastMayMatch(l, plan) { return false }
+            if targetRemovalsByID.isEmpty, targetRemovalsByTag.isEmpty {
+                if let c = l.txCompare {
+                    guard txCompareMatches(l, c, starter: starter) else { return false }
+                    depth += 1
+                    link = l.chained
+                    continue
+                }
+                if let plan = l.fast {
+                    if l.prefilterBit >= 0, usePrefilter, !prefilterMayMatch(l) { return false }
+                    if !fastMayMatch(l, plan) { return false }
+                }
             }
             guard evaluate(l, starter: starter) else { return false }
             depth += 1
@@ -590,6 +606,48 @@ public final class Transaction {
             }
         }
         return matched
+    }
+
+    /// A `TX:key @lt 2`-shaped link (see `TxCompare`): the same outcome and side effects as
+    /// `evaluate` (MATCHED_VAR, MATCHED_VARS, the operator's parameter), without its generality.
+    func txCompareMatches(_ r: Rule, _ c: TxCompare, starter: Rule) -> Bool {
+        currentRule = starter
+        guard let kv = txRead(c.keyID, c.key) else { return false }
+        let n = parseLeadingInt(buffer(kv.value))
+        var m: Bool
+        switch c.kind {
+        case .eq: m = n == c.operand
+        case .ge: m = n >= c.operand
+        case .gt: m = n > c.operand
+        case .le: m = n <= c.operand
+        case .lt: m = n < c.operand
+        }
+        if c.negated { m = !m }
+        guard m else { return false }
+        lastOperatorParamText = nil
+        lastOperatorParam = c.param
+        noteMatch(Value(collection: .tx, key: kv.key, value: kv.value, id: -1), kv.value, r)
+        return true
+    }
+
+    /// TX:key by its interned id: the key's and value's spans in the arena, or nil when unset.
+    func txRead(_ id: Int, _ key: String) -> (key: Span, value: Span)? {
+        if txReadVersion.isEmpty {
+            txReadVersion = [UInt64](repeating: 0, count: rs.txKeyCount)
+            txReadKey = [Span](repeating: .none, count: rs.txKeyCount)
+            txReadValue = [Span](repeating: .none, count: rs.txKeyCount)
+        }
+        let version = collections.version &+ 1
+        if txReadVersion[id] == version {
+            let v = txReadValue[id]
+            return v.exists ? (txReadKey[id], v) : nil
+        }
+        txReadVersion[id] = version
+        guard let kv = collections.slots[Collection.tx.ordinal].map[key] else { txReadValue[id] = .none; return nil }
+        let ks = store(kv.key), vs = store(kv.value)
+        txReadKey[id] = ks
+        txReadValue[id] = vs
+        return (ks, vs)
     }
 
     func noteMatch(_ v: Value, _ tv: Span, _ r: Rule) {
@@ -939,14 +997,14 @@ public final class Transaction {
             switch sv.op {
             case .set(let m):
                 let v = expand(m, rule: r)
-                collections.slots[c.ordinal].set(lower: kl, key, v)
+                collections[c, default: VarStore()].set(lower: kl, key, v)
             case .add(let m):
                 let d = parseLeadingInt(expand(m, rule: r))
-                collections.slots[c.ordinal].add(lower: kl, key, d, subtract: false)
+                collections[c, default: VarStore()].add(lower: kl, key, d, subtract: false)
             case .sub(let m):
                 let d = parseLeadingInt(expand(m, rule: r))
-                collections.slots[c.ordinal].add(lower: kl, key, d, subtract: true)
-            case .delete: collections.slots[c.ordinal].map[kl] = nil
+                collections[c, default: VarStore()].add(lower: kl, key, d, subtract: true)
+            case .delete: collections[c, default: VarStore()].map[kl] = nil
             }
         }
     }

@@ -67,6 +67,13 @@ func run(_ s: Sample, _ n: Int) -> (Int?, Int) {
     return (status, matches)
 }
 
+// WAFBENCH_ITERATIONS=n: exactly n requests of each selected sample and no timing (for
+// `perf stat -e instructions`, steadier than wall time on a shared machine).
+if let n = ProcessInfo.processInfo.environment["WAFBENCH_ITERATIONS"].flatMap(Int.init) {
+    for s in samples where only == nil || s.name == only { _ = run(s, n) }
+    exit(0)
+}
+
 for s in samples where only == nil || s.name == only {
     _ = run(s, 50)
     var n = 0
