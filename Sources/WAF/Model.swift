@@ -96,7 +96,10 @@ enum KeySelector: Sendable {
         switch self {
         case .all: return true
         case .exact(let k): return k == keyLower
-        case .regex(let r): return r.matches(key)
+        case .regex(let r):
+            var lower = keyLower
+            if !lower.withUTF8({ r.mayMatch(lower: $0) }) { return false }
+            return r.matches(key)
         }
     }
 }

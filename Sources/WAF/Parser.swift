@@ -407,7 +407,7 @@ final class Loader {
                 // XPath: `//@*` (attribute values) or the whole document's text (`/*`).
                 key = k.contains("@") ? .exact("@") : .all
             } else if k.count >= 2, k.hasPrefix("/"), k.hasSuffix("/") {
-                do { key = .regex(try Regex(String(k.dropFirst().dropLast()), caseless: true)) }
+                do { key = .regex(try Regex(String(k.dropFirst().dropLast()), caseless: true, literals: true)) }
                 catch { self.error(file, line, "bad regex key in '\(raw)': \(error.message)"); return nil }
             } else if !k.isEmpty {
                 key = .exact(String(k).asciiLowercased)

@@ -12,12 +12,18 @@ final class Regex: @unchecked Sendable {
     /// valid while this object lives.
     var codePointer: OpaquePointer { code }
     let jit: Bool
+    /// Lowercase literals one of which every match contains (`RegexLiterals`); computed only
+    /// for variable-key regexes, which run over every key of TX on each use.
+    let requiredLiterals: [Bytes]?
 
     struct CompileError: Error { var message: String; var offset: Int }
 
     /// ModSecurity v3 compiles @rx with DOTALL | MULTILINE.
-    init(_ pattern: String, caseless: Bool = false) throws(CompileError) {
+    init(_ pattern: String, caseless: Bool = false, literals: Bool = false) throws(CompileError) {
         self.pattern = pattern
+        // ASCII literals only: stored keys are compared through their String (UTF-8) form.
+        let lits = literals ? RegexLiterals.required(pattern.latin1) : nil
+        requiredLiterals = lits.flatMap { $0.allSatisfy { $0.allSatisfy { $0 < 0x80 } } ? $0 : nil }
         let bytes = pattern.latin1
         var err: Int32 = 0
         var off = 0
@@ -39,6 +45,14 @@ final class Regex: @unchecked Sendable {
 
     @inline(__always) private func run(_ s: UnsafeBufferPointer<UInt8>, _ scratch: UnsafeMutablePointer<cpcre2_scratch>) -> Int32 {
         cpcre2_match(code, s.baseAddress, s.count, scratch)
+    }
+
+    /// False when `lower` (the subject, ASCII lowercased) lacks every required literal: no match
+    /// is possible. True means "run the regex".
+    func mayMatch(lower: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard let lits = requiredLiterals else { return true }
+        for l in lits where l.withUnsafeBufferPointer({ bytesFind(lower, $0) != nil }) { return true }
+        return false
     }
 
     func matches(_ s: Bytes) -> Bool {

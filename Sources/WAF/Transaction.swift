@@ -214,8 +214,9 @@ public final class Transaction {
     /// Every matched rule (chain starter) in order.
     @exclusivity(unchecked) public private(set) var matches: [RuleMatch] = []
     /// Transformation results by (value id << 16 | chain id), open addressing.
-    @exclusivity(unchecked) var cacheKeys: [Int] = []
-    @exclusivity(unchecked) var cacheSpans: [Span] = []
+    /// Slots of `cacheCapacity` (a power of two, 0 until first use); key -1 marks an empty slot.
+    @exclusivity(unchecked) var cacheSlots: UnsafeMutablePointer<CacheSlot>?
+    @exclusivity(unchecked) var cacheCapacity = 0
     @exclusivity(unchecked) var cacheUsed = 0
     /// Literal prefilter state: per (chain group, slot) the offset of its rule bits in the pool (-1: not scanned yet).
     @exclusivity(unchecked) var prefilterOffsets: [Int32] = []
@@ -263,7 +264,10 @@ public final class Transaction {
         scratch = RegexScratch.current
     }
 
-    deinit { arenaBase.deallocate() }
+    deinit {
+        arenaBase.deallocate()
+        cacheSlots?.deallocate()
+    }
 
     // MARK: arena
 
@@ -677,34 +681,46 @@ public final class Transaction {
         return result
     }
 
-    /// Open addressing over (key, span) slots; key -1 marks an empty slot.
+    struct CacheSlot { var key: Int; var span: Span }
+
+    @inline(__always) static func cacheHash(_ key: Int) -> Int { (key &* -7046029254386353131) &>> 20 }
+
+    /// Open addressing over (key, span) slots with linear probing.
     @inline(__always) func cacheLookup(_ key: Int) -> Span? {
-        if cacheKeys.isEmpty { return nil }
-        let mask = cacheKeys.count - 1
-        var i = (key &* -7046029254386353131) &>> 20 & mask
+        guard let t = cacheSlots else { return nil }
+        let mask = cacheCapacity - 1
+        var i = Transaction.cacheHash(key) & mask
         while true {
-            let k = cacheKeys[i]
-            if k == key { return cacheSpans[i] }
+            let k = t[i].key
+            if k == key { return t[i].span }
             if k == -1 { return nil }
             i = (i + 1) & mask
         }
     }
 
     func cacheInsert(_ key: Int, _ span: Span) {
-        if (cacheUsed + 1) * 2 > cacheKeys.count {
-            let oldKeys = cacheKeys, oldSpans = cacheSpans
-            let n = max(256, cacheKeys.count * 2)
-            cacheKeys = [Int](repeating: -1, count: n)
-            cacheSpans = [Span](repeating: .none, count: n)
-            cacheUsed = 0
-            for j in oldKeys.indices where oldKeys[j] != -1 { cacheInsert(oldKeys[j], oldSpans[j]) }
+        // 1,024 slots hold a CRS request's few hundred results without growing.
+        if (cacheUsed + 1) * 2 > cacheCapacity { rebuildCache(capacity: max(1024, cacheCapacity * 2), dropping: nil) }
+        guard let t = cacheSlots else { return }
+        let mask = cacheCapacity - 1
+        var i = Transaction.cacheHash(key) & mask
+        while t[i].key != -1 && t[i].key != key { i = (i + 1) & mask }
+        if t[i].key == -1 { cacheUsed += 1 }
+        t[i] = CacheSlot(key: key, span: span)
+    }
+
+    /// Moves the cache into a table of `capacity` slots, leaving out the results of value id `dropping`.
+    func rebuildCache(capacity: Int, dropping id: Int?) {
+        let old = cacheSlots, oldCapacity = cacheCapacity
+        let t = UnsafeMutablePointer<CacheSlot>.allocate(capacity: capacity)
+        t.initialize(repeating: CacheSlot(key: -1, span: .none), count: capacity)
+        cacheSlots = t
+        cacheCapacity = capacity
+        cacheUsed = 0
+        if let old {
+            for j in 0..<oldCapacity where old[j].key != -1 && old[j].key &>> 16 != id { cacheInsert(old[j].key, old[j].span) }
+            old.deallocate()
         }
-        let mask = cacheKeys.count - 1
-        var i = (key &* -7046029254386353131) &>> 20 & mask
-        while cacheKeys[i] != -1 && cacheKeys[i] != key { i = (i + 1) & mask }
-        if cacheKeys[i] == -1 { cacheUsed += 1 }
-        cacheKeys[i] = key
-        cacheSpans[i] = span
     }
 
     func applyTransforms(_ s: Span, _ transforms: [Transform]) -> Span {
@@ -721,12 +737,8 @@ public final class Transaction {
     /// Forgets a fixed scalar and its cached transformations (its bytes changed: the request body arrived).
     func resetScalar(_ k: Scalar) {
         scalarSpans[k.rawValue] = .none
-        if cacheKeys.isEmpty { return }
         // Rare (once per body): drop every cached result of this scalar.
-        let oldKeys = cacheKeys, oldSpans = cacheSpans
-        cacheKeys = [Int](repeating: -1, count: oldKeys.count)
-        cacheUsed = 0
-        for j in oldKeys.indices where oldKeys[j] != -1 && oldKeys[j] &>> 16 != k.id { cacheInsert(oldKeys[j], oldSpans[j]) }
+        if cacheSlots != nil { rebuildCache(capacity: cacheCapacity, dropping: k.id) }
     }
 
     // MARK: variables
@@ -742,7 +754,7 @@ public final class Transaction {
         switch sel {
         case .all: return true
         case .exact(let k): return keyIs(e, k)
-        case .regex(let r): return r.matches(buffer(e.key))
+        case .regex(let r): return r.mayMatch(lower: buffer(e.keyLower)) && r.matches(buffer(e.key))
         }
     }
 
@@ -811,7 +823,7 @@ public final class Transaction {
         for i in list.indices {
             let e = list[i]
             if let exact, !keyIs(e, exact) { continue }
-            if let regex, !regex.matches(buffer(e.key)) { continue }
+            if let regex, !(regex.mayMatch(lower: buffer(e.keyLower)) && regex.matches(buffer(e.key))) { continue }
             if checkExclusions, excluded(exclusions, c, e) { continue }
             visit(Value(collection: c, key: e.key, value: names ? e.key : e.value, id: names ? e.id &+ 1 : e.id))
         }
