@@ -47,8 +47,12 @@ public struct RuleMatch: Sendable {
         return s
     }
 
-    static func clip(_ s: String, _ n: Int) -> String { s.count > n ? String(s.prefix(n)) + "..." : s }
-    static func esc(_ s: String) -> String { s.contains("\"") ? s.replacingAll("\"", "\\\"") : s }
+    /// At most `n` characters, "..." marking a cut (the common short case without counting characters).
+    static func clip(_ s: String, _ n: Int) -> String {
+        if s.utf8.count <= n { return s }
+        return s.count > n ? String(s.prefix(n)) + "..." : s
+    }
+    static func esc(_ s: String) -> String { s.utf8.contains(34) ? s.replacingAll("\"", "\\\"") : s }
 }
 
 extension String {

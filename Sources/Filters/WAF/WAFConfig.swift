@@ -142,15 +142,14 @@ func monotonicNanos() -> UInt64 {
 }
 
 /// Where audit lines go: one file descriptor per path for the process (reloads reuse it),
-/// one write(2) per line (O_APPEND keeps lines whole across workers).
+/// one write(2) per batch of whole lines (O_APPEND keeps them together across workers).
 final class AuditSink: Sendable {
     let fd: Int32
     init(fd: Int32) { self.fd = fd }
 
-    func write(_ line: String) {
-        var l = line
-        l.append("\n")
-        l.withUTF8 { buf in
+    /// Writes whole lines (each ending in a newline) in one call, retrying short writes.
+    func write(_ bytes: [UInt8]) {
+        bytes.withUnsafeBufferPointer { buf in
             var off = 0
             while off < buf.count {
                 let n = Glibc.write(fd, buf.baseAddress.map { $0 + off }, buf.count - off)

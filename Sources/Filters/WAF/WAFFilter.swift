@@ -151,58 +151,74 @@ final class WAFFilter: HTTPFilter {
     }
 
     /// Writes the audit lines of matches not yet written.
+    /// Audit lines, metrics and span events for the matches not written yet. All lines of one
+    /// flush go out in one write (O_APPEND keeps them together).
     private func flush(_ context: StreamContext) {
         guard let t = tx else { return }
         let all = t.matches
         guard written < all.count else { return }
         let host = context.serverAddress.host
+        let mode = factory.mode == .shadow || t.mode != .on ? "detection_only" : "enforce"
+        var out: [UInt8] = []
         for m in all[written...] where m.log {
             factory.metrics.ruleMatches.labels(String(m.id)).increment(shard: context.shard)
             let text = m.modsecText(uri: uri, uniqueID: context.requestID, hostname: host)
-            var line = "{\"time_unix_nano\":\(wallClockNanos()),\"request_id\":"
-            JSONText.append(context.requestID, to: &line)
-            line += ",\"client\":"
-            JSONText.append(context.clientAddress, to: &line)
-            line += ",\"method\":"
-            JSONText.append(method, to: &line)
-            line += ",\"uri\":"
-            JSONText.append(uri, to: &line)
-            line += ",\"rule_id\":\(m.id),\"phase\":\(m.phase),\"severity\":\(m.severity ?? 0),\"disruptive\":\(m.disruptive),\"mode\":"
-            JSONText.append(factory.mode == .shadow || t.mode != .on ? "detection_only" : "enforce", to: &line)
-            line += ",\"message\":"
-            JSONText.append(text, to: &line)
-            line += "}"
-            factory.audit.write(line)
+            out.reserveCapacity(out.count + text.utf8.count + 512)
+            JSONText.raw("{\"time_unix_nano\":\(wallClockNanos()),\"request_id\":", to: &out)
+            JSONText.append(context.requestID, to: &out)
+            JSONText.raw(",\"client\":", to: &out)
+            JSONText.append(context.clientAddress, to: &out)
+            JSONText.raw(",\"method\":", to: &out)
+            JSONText.append(method, to: &out)
+            JSONText.raw(",\"uri\":", to: &out)
+            JSONText.append(uri, to: &out)
+            JSONText.raw(",\"rule_id\":\(m.id),\"phase\":\(m.phase),\"severity\":\(m.severity ?? 0),\"disruptive\":\(m.disruptive),\"mode\":", to: &out)
+            JSONText.append(mode, to: &out)
+            JSONText.raw(",\"message\":", to: &out)
+            JSONText.append(text, to: &out)
+            JSONText.raw("}\n", to: &out)
             context.addSpanEvent("waf.rule_match", attributes: [
                 SpanAttribute("waf.rule_id", .int(Int64(m.id))),
                 SpanAttribute("waf.msg", .string(m.msg)),
             ])
         }
+        if !out.isEmpty { factory.audit.write(out) }
         written = all.count
     }
 }
 
+/// JSON text built as UTF-8 bytes.
 enum JSONText {
-    static func append(_ s: String, to out: inout String) {
-        out.append("\"")
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 || u.value == 0x7f {
-                    let hex = String(u.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(u)
+    static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
+    /// Appends `s` as a JSON string (quoted, escaped); runs that need no escape are copied whole.
+    static func append(_ s: String, to out: inout [UInt8]) {
+        out.append(34)
+        var s = s
+        s.withUTF8 { u in
+            var run = 0
+            for i in 0..<u.count {
+                let c = u[i]
+                if c >= 0x20 && c != 34 && c != 92 && c != 0x7f { continue }
+                if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: u[run..<i])) }
+                run = i + 1
+                switch c {
+                case 34: out.append(contentsOf: [92, 34])
+                case 92: out.append(contentsOf: [92, 92])
+                case 10: out.append(contentsOf: [92, 110])
+                case 13: out.append(contentsOf: [92, 114])
+                case 9: out.append(contentsOf: [92, 116])
+                default:
+                    out.append(contentsOf: [92, 117, 48, 48, hexDigits[Int(c >> 4)], hexDigits[Int(c & 15)]])
                 }
             }
+            if run < u.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: u[run...])) }
         }
-        out.append("\"")
+        out.append(34)
     }
+
+    /// Appends text that is already JSON.
+    static func raw(_ s: String, to out: inout [UInt8]) { out.append(contentsOf: s.utf8) }
 }
 
 extension String {
