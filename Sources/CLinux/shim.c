@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include <sched.h>
 #include <pthread.h>
+#include <malloc.h>
 #include "CLinux.h"
 
 int clinux_available_cpus(void) {
@@ -26,3 +27,5 @@ void clinux_set_thread_name(const char *name) {
 int clinux_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
     return accept4(fd, addr, len, flags);
 }
+
+int clinux_malloc_trim(void) { return malloc_trim(0); }

@@ -50,8 +50,12 @@ enum RunCommand {
             exit(1)
         }
         controller.installSignalsAndWatcher()
-        // After a moment, so the workers have faulted in what they run.
-        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(500)) { StartupPages.release() }
+        // After a moment, so the workers have faulted in what they run; the heap pages freed
+        // after building the filters (rule-set parsing) go back too.
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(500)) {
+            StartupPages.release()
+            _ = clinux_malloc_trim()
+        }
         dispatchMain()
     }
 
@@ -205,6 +209,7 @@ final class Controller: Sendable {
                     reloadsOK.increment(shard: Controller.controlShard)
                     let ms = Double(monotonicNanos() &- started) / 1e6
                     Diagnostics.log(.info, "config reloaded (\(reason)): version \(version), sha256 \(loaded.sha256.prefix(12)), \(Int(ms)) ms")
+                    trimHeapSoon()
                 } catch {
                     reloadsFailed.increment(shard: Controller.controlShard)
                     let text = (error as? ConfigErrors)?.diagnostics.map(\.description).joined(separator: "; ") ?? "\(path): \(error)"
@@ -213,6 +218,14 @@ final class Controller: Sendable {
                 }
             }
         }
+    }
+
+    /// A reload frees a whole filter chain (a WAF rule set is tens of megabytes while it is
+    /// built) once the streams still using the old snapshot finish; glibc keeps freed pages in
+    /// its heaps, so without this every reload under load would leave RSS higher. Hand them
+    /// back a little after the swap, when the old snapshot has drained.
+    private func trimHeapSoon() {
+        queue.asyncAfter(deadline: .now() + 2) { _ = clinux_malloc_trim() }
     }
 
     /// Listeners and the admin address are bound once; say so instead of silently ignoring.

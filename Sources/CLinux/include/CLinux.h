@@ -40,4 +40,7 @@ void clinux_set_thread_name(const char *name);
 // accept4 (GNU extension), defined in shim.c.
 int clinux_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
 
+/* glibc's malloc_trim: returns free heap pages to the kernel (1 if any were released). */
+int clinux_malloc_trim(void);
+
 #endif
