@@ -97,5 +97,14 @@ func bytesFind(_ h: UnsafeBufferPointer<UInt8>, _ n: UnsafeBufferPointer<UInt8>)
 }
 
 extension Int {
-    var bytes: Bytes { Array(String(self).utf8) }
+    /// Decimal digits (with a leading '-'), without going through String.
+    var bytes: Bytes {
+        if self >= 0 && self < 10 { return [UInt8(48 + self)] }
+        var out = Bytes()
+        var m = self.magnitude
+        repeat { out.append(UInt8(48 + m % 10)); m /= 10 } while m > 0
+        if self < 0 { out.append(45) }
+        out.reverse()
+        return out
+    }
 }

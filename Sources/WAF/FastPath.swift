@@ -295,12 +295,14 @@ extension Transaction {
     private func fastMultiMatch(_ span: Span, _ plan: FastPlan, _ r: Rule) -> Bool {
         if fastOperator(buffer(span), plan) { return true }
         var cur = span
+        var summary = ByteSummary(buffer(cur))
         for t in r.transforms {
-            if t.unchanged(buffer(cur)) { continue }
+            if t.unchanged(summary) { continue }
             let before = bytes(cur)
             let next = t.apply(before)
             if next == before { continue }
             cur = store(next)
+            summary = ByteSummary(buffer(cur))
             if fastOperator(buffer(cur), plan) { return true }
         }
         return false

@@ -229,7 +229,7 @@ extension Transaction {
         let known = prefilterOffsets[key]
         if known >= 0 { return Int(known) }
         let off = prefilterPool.count
-        prefilterPool.append(contentsOf: repeatElement(0, count: pf.words))
+        for _ in 0..<pf.words { prefilterPool.append(0) }
         prefilterOffsets[key] = Int32(off)
         let g = pf.groups[group]
         func scan(_ value: Span, _ id: Int) {

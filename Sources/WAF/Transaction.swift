@@ -730,7 +730,8 @@ public final class Transaction {
     func applyTransforms(_ s: Span, _ transforms: [Transform]) -> Span {
         // Leading steps that leave the value as it is are checked in place (no copy).
         var k = 0
-        while k < transforms.count, transforms[k].unchanged(buffer(s)) { k += 1 }
+        let summary = ByteSummary(buffer(s))
+        while k < transforms.count, transforms[k].unchanged(summary) { k += 1 }
         if k == transforms.count { return s }
         let original = bytes(s)
         var cur = original
@@ -740,6 +741,8 @@ public final class Transaction {
 
     /// Forgets a fixed scalar and its cached transformations (its bytes changed: the request body arrived).
     func resetScalar(_ k: Scalar) {
+        // Cached results exist only for a scalar that was copied into the arena.
+        guard scalarSpans[k.rawValue].exists else { return }
         scalarSpans[k.rawValue] = .none
         // Rare (once per body): drop every cached result of this scalar.
         if cacheSlots != nil { rebuildCache(capacity: cacheCapacity, dropping: k.id) }

@@ -15,39 +15,26 @@ enum Transform: String, Sendable, CaseIterable {
         return allCases.first { $0.rawValue.asciiLowercased == l }
     }
 
-    /// True when `apply` would return `v` unchanged, decided without copying it; false when
-    /// unsure. Most request values are plain text that most transformations leave alone, and
-    /// this lets a chain skip copying them out of the arena. Each test mirrors the early
-    /// return of the transformation it stands for.
-    func unchanged(_ v: UnsafeBufferPointer<UInt8>) -> Bool {
+    /// True when `apply` would return a value with this summary unchanged; false when unsure.
+    /// Most request values are plain text that most transformations leave alone, and this lets
+    /// a chain skip copying them out of the arena. Each test mirrors the early return of the
+    /// transformation it stands for.
+    func unchanged(_ v: ByteSummary) -> Bool {
         switch self {
         case .none: return true
-        case .lowercase: return !v.contains { $0 >= 65 && $0 <= 90 }
-        case .uppercase: return !v.contains { $0 >= 97 && $0 <= 122 }
-        case .urlDecode, .urlDecodeUni: return !v.contains { $0 == 37 || $0 == 43 }
-        case .htmlEntityDecode: return !v.contains(38)
-        case .jsDecode, .cssDecode: return !v.contains(92)
-        case .utf8toUnicode: return !v.contains { $0 >= 0x80 }
-        case .removeNulls, .replaceNulls: return !v.contains(0)
-        case .removeWhitespace: return !v.contains { isSpaceByte($0) || $0 == 0xa0 }
-        case .compressWhitespace:
-            // Every whitespace run must already be one plain space.
-            var prevSpace = false
-            for c in v {
-                let sp = isSpaceByte(c) || c == 0xa0
-                if sp && (c != 32 || prevSpace) { return false }
-                prevSpace = sp
-            }
-            return true
-        case .cmdLine:
-            return !v.contains { c in
-                c == 34 || c == 39 || c == 92 || c == 94 || c == 32 || c == 44 || c == 59 || (c >= 9 && c <= 13)
-                    || c == 47 || c == 40 || (c >= 65 && c <= 90)
-            }
-        case .replaceComments: return !v.contains(47)
-        case .normalisePath, .normalizePath: return !v.contains(47) && !(v.count == 1 && v[0] == 46)
-        case .normalisePathWin, .normalizePathWin: return !v.contains { $0 == 47 || $0 == 92 } && !(v.count == 1 && v[0] == 46)
-        case .parityZero7bit, .parityEven7bit, .parityOdd7bit: return !v.contains { $0 >= 0x80 }
+        case .lowercase: return !v.has(.upper)
+        case .uppercase: return !v.has(.lowerLetter)
+        case .urlDecode, .urlDecodeUni: return !v.has(.percentOrPlus)
+        case .htmlEntityDecode: return !v.has(.ampersand)
+        case .jsDecode, .cssDecode: return !v.has(.backslash)
+        case .utf8toUnicode, .parityZero7bit, .parityEven7bit, .parityOdd7bit: return !v.has(.high)
+        case .removeNulls, .replaceNulls: return !v.has(.nul)
+        case .removeWhitespace: return !v.has(.space)
+        case .compressWhitespace: return !v.has(.irregularSpace)
+        case .cmdLine: return !v.has(.cmdLineSpecial) && !v.has(.upper)
+        case .replaceComments: return !v.has(.slash)
+        case .normalisePath, .normalizePath: return !v.has(.slash) && !v.isSingleDot
+        case .normalisePathWin, .normalizePathWin: return !v.has(.slash) && !v.has(.backslash) && !v.isSingleDot
         default: return false
         }
     }
@@ -515,3 +502,64 @@ enum SHA1 {
     }
 }
 
+
+/// Which kinds of bytes a value contains, found in one pass: enough to tell that most
+/// transformations would leave it as it is (`Transform.unchanged`).
+struct ByteSummary {
+    struct Kind: OptionSet {
+        let rawValue: UInt16
+        static let upper = Kind(rawValue: 1)
+        static let lowerLetter = Kind(rawValue: 2)
+        static let percentOrPlus = Kind(rawValue: 4)
+        static let ampersand = Kind(rawValue: 8)
+        static let backslash = Kind(rawValue: 16)
+        static let high = Kind(rawValue: 32)
+        static let nul = Kind(rawValue: 64)
+        /// Whitespace as isSpaceByte sees it, or 0xa0.
+        static let space = Kind(rawValue: 128)
+        static let slash = Kind(rawValue: 256)
+        /// What cmdLine drops, folds or unspaces: " ' \ ^ , ; ( / and whitespace.
+        static let cmdLineSpecial = Kind(rawValue: 512)
+        /// A whitespace run that is not one plain space (what compressWhitespace changes).
+        static let irregularSpace = Kind(rawValue: 1024)
+    }
+
+    private(set) var kinds: Kind = []
+    let isSingleDot: Bool
+
+    @inline(__always) func has(_ k: Kind) -> Bool { kinds.contains(k) }
+
+    init(_ v: UnsafeBufferPointer<UInt8>) {
+        isSingleDot = v.count == 1 && v[0] == 46
+        var bits: UInt16 = 0
+        var prevSpace = false
+        ByteSummary.table.withUnsafeBufferPointer { t in
+            for c in v {
+                let k = t[Int(c)]
+                bits |= k
+                let sp = k & Kind.space.rawValue != 0
+                if sp && (c != 32 || prevSpace) { bits |= Kind.irregularSpace.rawValue }
+                prevSpace = sp
+            }
+        }
+        kinds = Kind(rawValue: bits)
+    }
+
+    static let table: [UInt16] = (0..<256).map { i -> UInt16 in
+        let c = UInt8(i)
+        var k: Kind = []
+        if c >= 65 && c <= 90 { k.insert(.upper) }
+        if c >= 97 && c <= 122 { k.insert(.lowerLetter) }
+        if c == 37 || c == 43 { k.insert(.percentOrPlus) }
+        if c == 38 { k.insert(.ampersand) }
+        if c == 92 { k.insert(.backslash) }
+        if c >= 0x80 { k.insert(.high) }
+        if c == 0 { k.insert(.nul) }
+        if isSpaceByte(c) || c == 0xa0 { k.insert(.space) }
+        if c == 47 { k.insert(.slash) }
+        if c == 34 || c == 39 || c == 92 || c == 94 || c == 32 || c == 44 || c == 59 || (c >= 9 && c <= 13) || c == 47 || c == 40 {
+            k.insert(.cmdLineSpecial)
+        }
+        return k.rawValue
+    }
+}

@@ -76,6 +76,23 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
         #expect(Transform.compressWhitespace.apply(Array("a \t\n b".utf8)) == Array("a b".utf8))
     }
 
+    /// Whatever a byte summary says a transformation leaves alone, it must leave alone.
+    @Test func unchangedMeansUnchanged() {
+        var samples: [Bytes] = ["", ".", "/", "plain", "Mixed Case", "a  b", "a b", "a\tb", "50%+1", "&amp;", "\\x41",
+                                "/a/./b", "x;y,z", "caf\u{e9}", "q=1&r=2", "ab/*c*/", "a\u{0}b"].map { Array($0.utf8) }
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            let n = Int.random(in: 0...12, using: &rng)
+            samples.append((0..<n).map { _ in Bool.random(using: &rng) ? UInt8.random(in: 0...255, using: &rng) : Array(" %+&/\\.;aA\t".utf8).randomElement(using: &rng)! })
+        }
+        for v in samples {
+            let summary = v.withUnsafeBufferPointer { ByteSummary($0) }
+            for t in Transform.allCases where t.unchanged(summary) {
+                #expect(t.apply(v) == v, "\(t) changed \(v) though its summary said it would not")
+            }
+        }
+    }
+
     @Test func ahoCorasick() {
         let ac = AhoCorasick([Array("he".utf8), Array("she".utf8), Array("hers".utf8), Array("xyz".utf8)])
         #expect(ac.search(Array("uSHErs".utf8)) != nil)
