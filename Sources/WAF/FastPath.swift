@@ -325,7 +325,7 @@ extension Transaction {
                     cinjection_sqli(c.baseAddress, c.count, f.baseAddress?.assumingMemoryBound(to: CChar.self))
                 }
             } == 1
-        case .xss: m = v.withMemoryRebound(to: CChar.self) { cinjection_xss($0.baseAddress, $0.count) } == 1
+        case .xss: m = Transaction.detectXSS(v)
         case .eq(let p): m = parseLeadingInt(v) == p
         case .ge(let p): m = parseLeadingInt(v) >= p
         case .gt(let p): m = parseLeadingInt(v) > p

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import CInjection
 @testable import WAF
 
 let crsBase = "/usr/share/modsecurity-crs/rules"
@@ -91,6 +92,28 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
                 #expect(t.apply(v) == v, "\(t) changed \(v) though its summary said it would not")
             }
         }
+    }
+
+    /// The XSS shortcut's premise, checked against the linked libinjection: text with neither
+    /// `<` nor `=` is never XSS for it, however the rest is assembled.
+    @Test func xssNeedsAngleBracketOrEquals() {
+        let parts = [" ", "\t", "\n", "'", "\"", "`", "/", ">", "on", "onerror", "onload", "javascript:", "vbscript:", "data:",
+                     "alert(1)", "style", "href", "src", "x", "-", "!", "?", "&", "#", ";", ":", "(", ")", "\\", "expression",
+                     "url", "script", "&lt;", "\u{0}", "\r", "xmlns", "formaction", "srcdoc", "svg", "img", "{", "}", "@", "+ADw-"]
+        var rng = SystemRandomNumberGenerator()
+        var checked = 0
+        for _ in 0..<100_000 {
+            var v = Bytes()
+            for _ in 0..<Int.random(in: 1...10, using: &rng) { v += Array(parts.randomElement(using: &rng)!.utf8) }
+            let direct = v.withUnsafeBufferPointer { b in b.withMemoryRebound(to: CChar.self) { cinjection_xss($0.baseAddress, $0.count) } }
+            #expect(direct != 1, "libinjection flags \(String(decoding: v, as: UTF8.self)) without < or =")
+            checked += 1
+        }
+        // And the shortcut does not hide what libinjection does report.
+        for attack in ["<script>alert(1)</script>", "x onerror=alert(1)", "\" onmouseover=\"alert(1)"] {
+            #expect(Array(attack.utf8).withUnsafeBufferPointer { Transaction.detectXSS($0) })
+        }
+        #expect(checked == 100_000)
     }
 
     @Test func ahoCorasick() {
