@@ -320,14 +320,18 @@ public struct EngineSettings: Sendable {
     public var componentSignatures: [String] = []
 }
 
-/// A rule link of the shape CRS uses for control flow, `SecRule TX:EXECUTING_PARANOIA_LEVEL
-/// "@lt 2" "...,skipAfter:..."`: one exact TX key, no exclusions or transformations, a numeric
-/// operator with a constant operand, no capture and no setvar. About a hundred such links run
-/// per request; they are decided from a cached TX read instead of the general evaluator.
+/// A rule link of the shapes CRS uses for control flow and set-up, `SecRule
+/// TX:EXECUTING_PARANOIA_LEVEL "@lt 2" "...,skipAfter:..."` and `SecRule &TX:x "@eq 0"
+/// "...,setvar:tx.x=5"`: one exact TX key (or its count), no exclusions or transformations, a
+/// numeric operator with a constant operand, no capture. About 120 such links run per request;
+/// they are decided from a cached TX read instead of the general evaluator (a match then runs
+/// the same `noteMatch`, setvars included).
 struct TxCompare {
     enum Kind { case eq, ge, gt, le, lt }
     let keyID: Int
     let key: String
+    /// `&TX:key`: the operator sees 1 or 0 (set or not).
+    let count: Bool
     let kind: Kind
     let operand: Int
     let param: Bytes
@@ -335,9 +339,9 @@ struct TxCompare {
 
     init?(_ r: Rule, intern: (String) -> Int) {
         guard r.targets.count == 1, r.exclusions.isEmpty, r.transforms.isEmpty, !r.capture, !r.multiMatch,
-              r.setvars.isEmpty, r.initcols.isEmpty, r.op.param.isConstant else { return nil }
+              r.op.param.isConstant else { return nil }
         let t = r.targets[0]
-        guard t.collection == .tx, !t.count, case .exact(let k) = t.key else { return nil }
+        guard t.collection == .tx, case .exact(let k) = t.key else { return nil }
         switch r.op.kind {
         case .eq: kind = .eq
         case .ge: kind = .ge
@@ -348,6 +352,7 @@ struct TxCompare {
         }
         key = k
         keyID = intern(k)
+        count = t.count
         param = r.op.param.constant
         operand = parseLeadingInt(param)
         negated = r.op.negated

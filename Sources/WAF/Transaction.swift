@@ -620,8 +620,12 @@ public final class Transaction {
     /// `evaluate` (MATCHED_VAR, MATCHED_VARS, the operator's parameter), without its generality.
     func txCompareMatches(_ r: Rule, _ c: TxCompare, starter: Rule) -> Bool {
         currentRule = starter
-        guard let kv = txRead(c.keyID, c.key) else { return false }
-        let n = parseLeadingInt(buffer(kv.value))
+        let kv = txRead(c.keyID, c.key)
+        let n: Int
+        if c.count { n = kv == nil ? 0 : 1 } else {
+            guard let kv else { return false }
+            n = parseLeadingInt(buffer(kv.value))
+        }
         var m: Bool
         switch c.kind {
         case .eq: m = n == c.operand
@@ -634,7 +638,12 @@ public final class Transaction {
         guard m else { return false }
         lastOperatorParamText = nil
         lastOperatorParam = c.param
-        noteMatch(Value(collection: .tx, key: kv.key, value: kv.value, id: -1), kv.value, r)
+        if c.count {
+            let v = store(n.bytes)
+            noteMatch(Value(collection: .tx, key: .none, value: v, id: -1), v, r)
+        } else if let kv {
+            noteMatch(Value(collection: .tx, key: kv.key, value: kv.value, id: -1), kv.value, r)
+        }
         return true
     }
 
