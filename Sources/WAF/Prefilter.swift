@@ -51,8 +51,10 @@ final class Prefilter: @unchecked Sendable {
             r.prefilterGroup = Int32(g)
             for l in literals { members[g].append((l, Int32(bit))) }
         }
-        let groups = members.indices.map { g in
-            Group(chainID: chains[g].0, transforms: chains[g].1, scanner: LiteralScanner(members[g]))
+        var groups: [Group] = []
+        for g in members.indices {
+            guard let scanner = LiteralScanner(members[g]) else { return nil }  // too large to pack: no prefilter at all
+            groups.append(Group(chainID: chains[g].0, transforms: chains[g].1, scanner: scanner))
         }
         return Prefilter(groups: groups, words: (candidates.count + 63) / 64)
     }
@@ -106,44 +108,56 @@ final class Prefilter: @unchecked Sendable {
 }
 
 /// Aho–Corasick over the literals of many rules: for a value, sets the bit of every rule that
-/// has a literal in it (ASCII case folded, as the literals are).
+/// has a literal in it (ASCII case folded, as the literals are). Laid out for the cache: one
+/// 16-byte record per node, a node's edges packed next to each other as (byte << 24 | target),
+/// and a table of the bytes that occur in no literal (they always lead back to the root, so
+/// the scan skips the failure chain for them).
 final class LiteralScanner: @unchecked Sendable {
-    private let rootNext: [Int32]
-    private let edgeStart: [Int32]
-    private let edgeBytes: [UInt8]
-    private let edgeTargets: [Int32]
-    private let fail: [Int32]
-    /// Node n reports the rule bits outBits[outStart[n] ..< outStart[n + 1]] (its own literals
+    struct Node {
+        var edgeStart: UInt32
+        var edgeCount: UInt16
+        var outCount: UInt16
+        var fail: UInt32
+        var outStart: UInt32
+    }
+    private let nodes: UnsafeMutableBufferPointer<Node>
+    private let edges: UnsafeMutableBufferPointer<UInt32>
+    /// Node n reports the rule bits outBits[outStart ..< outStart + outCount] (its own literals
     /// and those ending at its dictionary suffixes).
-    private let outStart: [Int32]
-    private let outBits: [Int32]
+    private let outBits: UnsafeMutableBufferPointer<Int32>
+    private let rootNext: UnsafeMutableBufferPointer<UInt32>
+    private let relevant: UnsafeMutableBufferPointer<Bool>
 
-    init(_ literals: [(Bytes, Int32)]) {
-        var edges: [[(UInt8, Int32)]] = [[]]
+    /// Nil when the automaton would not fit the packed layout (2^24 nodes, 65,535 edges or outputs per node).
+    init?(_ literals: [(Bytes, Int32)]) {
+        var edgeLists: [[(UInt8, Int32)]] = [[]]
         var direct: [[Int32]] = [[]]
         func child(_ node: Int32, _ c: UInt8) -> Int32? {
-            for (k, v) in edges[Int(node)] where k == c { return v }
+            for (k, v) in edgeLists[Int(node)] where k == c { return v }
             return nil
         }
+        var seen = [Bool](repeating: false, count: 256)
         for (lit, bit) in literals where !lit.isEmpty {
             var node: Int32 = 0
             for raw in lit {
                 let c = lowerByte(raw)
+                seen[Int(c)] = true
                 if let nx = child(node, c) { node = nx; continue }
-                let n = Int32(edges.count)
-                edges.append([]); direct.append([])
-                edges[Int(node)].append((c, n))
+                let n = Int32(edgeLists.count)
+                edgeLists.append([]); direct.append([])
+                edgeLists[Int(node)].append((c, n))
                 node = n
             }
             if !direct[Int(node)].contains(bit) { direct[Int(node)].append(bit) }
         }
-        var fail = [Int32](repeating: 0, count: edges.count)
+        guard edgeLists.count < 1 << 24 else { return nil }
+        var fail = [Int32](repeating: 0, count: edgeLists.count)
         var out = direct
-        var queue: [Int32] = edges[0].map { $0.1 }
+        var queue: [Int32] = edgeLists[0].map { $0.1 }
         var qi = 0
         while qi < queue.count {
             let u = queue[qi]; qi += 1
-            for (c, v) in edges[Int(u)] {
+            for (c, v) in edgeLists[Int(u)] {
                 var f = fail[Int(u)]
                 while f != 0, child(f, c) == nil { f = fail[Int(f)] }
                 var target = child(f, c) ?? 0
@@ -154,50 +168,61 @@ final class LiteralScanner: @unchecked Sendable {
                 queue.append(v)
             }
         }
-        var root = [Int32](repeating: 0, count: 256)
-        for (c, n) in edges[0] { root[Int(c)] = n }
-        var start: [Int32] = [0], bytes: [UInt8] = [], targets: [Int32] = []
-        var oStart: [Int32] = [0], oBits: [Int32] = []
-        for n in edges.indices {
-            for (c, t) in edges[n] { bytes.append(c); targets.append(t) }
-            start.append(Int32(bytes.count))
-            oBits.append(contentsOf: out[n])
-            oStart.append(Int32(oBits.count))
+        let edgeTotal = edgeLists.reduce(0) { $0 + $1.count }
+        let outTotal = out.reduce(0) { $0 + $1.count }
+        guard edgeLists.allSatisfy({ $0.count <= 0xffff }), out.allSatisfy({ $0.count <= 0xffff }) else { return nil }
+        nodes = .allocate(capacity: edgeLists.count)
+        edges = .allocate(capacity: max(1, edgeTotal))
+        outBits = .allocate(capacity: max(1, outTotal))
+        rootNext = .allocate(capacity: 256)
+        relevant = .allocate(capacity: 256)
+        _ = rootNext.initialize(from: repeatElement(0, count: 256))
+        _ = relevant.initialize(from: seen)
+        var e = 0, o = 0
+        for n in edgeLists.indices {
+            nodes[n] = Node(edgeStart: UInt32(e), edgeCount: UInt16(edgeLists[n].count), outCount: UInt16(out[n].count),
+                            fail: UInt32(fail[n]), outStart: UInt32(o))
+            for (c, t) in edgeLists[n] { edges[e] = UInt32(c) << 24 | UInt32(t); e += 1 }
+            for b in out[n] { outBits[o] = b; o += 1 }
         }
-        rootNext = root; edgeStart = start; edgeBytes = bytes; edgeTargets = targets
-        self.fail = fail; outStart = oStart; outBits = oBits
+        for (c, t) in edgeLists[0] { rootNext[Int(c)] = UInt32(t) }
+    }
+
+    deinit {
+        nodes.deallocate(); edges.deallocate(); outBits.deallocate(); rootNext.deallocate(); relevant.deallocate()
     }
 
     /// ORs into `bits` the bit of every rule with a literal in `s`.
     func scan(_ s: UnsafeBufferPointer<UInt8>, into bits: UnsafeMutablePointer<UInt64>) {
-        rootNext.withUnsafeBufferPointer { root in
-        edgeStart.withUnsafeBufferPointer { start in
-        edgeBytes.withUnsafeBufferPointer { eb in
-        edgeTargets.withUnsafeBufferPointer { et in
-        fail.withUnsafeBufferPointer { fail in
-        outStart.withUnsafeBufferPointer { os in
-        outBits.withUnsafeBufferPointer { ob in
-            var node: Int32 = 0
-            for raw in s {
-                let c = lowerByte(raw)
-                while true {
-                    if node == 0 { node = root[Int(c)]; break }
-                    var found: Int32 = -1
-                    var k = Int(start[Int(node)])
-                    let end = Int(start[Int(node) + 1])
-                    while k < end { if eb[k] == c { found = et[k]; break }; k += 1 }
-                    if found >= 0 { node = found; break }
-                    node = fail[Int(node)]
+        var node: UInt32 = 0
+        for raw in s {
+            let c = lowerByte(raw)
+            if !relevant[Int(c)] { node = 0; continue }
+            while true {
+                if node == 0 { node = rootNext[Int(c)]; break }
+                let nd = nodes[Int(node)]
+                var k = Int(nd.edgeStart)
+                let end = k + Int(nd.edgeCount)
+                var found: UInt32 = 0
+                while k < end {
+                    let edge = edges[k]
+                    if edge >> 24 == UInt32(c) { found = edge & 0xff_ffff; break }
+                    k += 1
                 }
-                var o = Int(os[Int(node)])
-                let oe = Int(os[Int(node) + 1])
+                if found != 0 { node = found; break }
+                node = nd.fail
+            }
+            let nd = nodes[Int(node)]
+            if nd.outCount != 0 {
+                var o = Int(nd.outStart)
+                let oe = o + Int(nd.outCount)
                 while o < oe {
-                    let b = Int(ob[o])
+                    let b = Int(outBits[o])
                     bits[b >> 6] |= 1 << UInt64(b & 63)
                     o += 1
                 }
             }
-        }}}}}}}
+        }
     }
 }
 
