@@ -178,14 +178,20 @@ final class LiteralScanner: @unchecked Sendable {
         relevant = .allocate(capacity: 256)
         _ = rootNext.initialize(from: repeatElement(0, count: 256))
         _ = relevant.initialize(from: seen)
+        // Nodes numbered breadth first: the shallow states a scan of ordinary text keeps
+        // returning to sit together in memory.
+        let order: [Int32] = [0] + queue
+        var newID = [UInt32](repeating: 0, count: edgeLists.count)
+        for (i, n) in order.enumerated() { newID[Int(n)] = UInt32(i) }
         var e = 0, o = 0
-        for n in edgeLists.indices {
-            nodes[n] = Node(edgeStart: UInt32(e), edgeCount: UInt16(edgeLists[n].count), outCount: UInt16(out[n].count),
-                            fail: UInt32(fail[n]), outStart: UInt32(o))
-            for (c, t) in edgeLists[n] { edges[e] = UInt32(c) << 24 | UInt32(t); e += 1 }
+        for (i, old) in order.enumerated() {
+            let n = Int(old)
+            nodes[i] = Node(edgeStart: UInt32(e), edgeCount: UInt16(edgeLists[n].count), outCount: UInt16(out[n].count),
+                            fail: newID[Int(fail[n])], outStart: UInt32(o))
+            for (c, t) in edgeLists[n] { edges[e] = UInt32(c) << 24 | newID[Int(t)]; e += 1 }
             for b in out[n] { outBits[o] = b; o += 1 }
         }
-        for (c, t) in edgeLists[0] { rootNext[Int(c)] = UInt32(t) }
+        for (c, t) in edgeLists[0] { rootNext[Int(c)] = newID[Int(t)] }
     }
 
     deinit {
