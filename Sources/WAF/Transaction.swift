@@ -34,17 +34,27 @@ public struct RuleMatch: Sendable {
 
     /// ModSecurity's message text: `... [id "942100"] [msg "..."] [data "..."] [severity "2"] ...`.
     public func modsecText(uri: String, uniqueID: String, hostname: String) -> String {
-        var s = disruptive ? "ModSecurity: Access denied. " : "ModSecurity: Warning. "
-        if operatorName == "unconditionalMatch" || matchedVarName.isEmpty {
-            s += "Unconditional match in SecAction. "
-        } else {
-            s += "Matched \"Operator `\(operatorName)' with parameter `\(RuleMatch.clip(operatorParam, 200))' against variable `\(matchedVarName)' (Value: `\(RuleMatch.clip(matchedVar, 200))' ) "
-        }
-        s += "[file \"\(file)\"] [line \"\(line)\"] [id \"\(id)\"] [rev \"\(rev ?? "")\"] [msg \"\(RuleMatch.esc(msg))\"] [data \"\(RuleMatch.esc(data))\"] "
-        s += "[severity \"\(severity.map(String.init) ?? "0")\"] [ver \"\(ver ?? "")\"] [maturity \"\(maturity ?? "0")\"] [accuracy \"\(accuracy ?? "0")\"] "
-        for t in tags { s += "[tag \"\(RuleMatch.esc(t))\"] " }
-        s += "[hostname \"\(hostname)\"] [uri \"\(RuleMatch.esc(uri))\"] [unique_id \"\(uniqueID)\"]"
+        var s = ""
+        writeModsecText(uri: uri, uniqueID: uniqueID, hostname: hostname) { s += $0 }
         return s
+    }
+
+    /// The same text handed out in pieces, so a caller can escape it straight into its own
+    /// buffer (the audit log) without building the String first.
+    public func writeModsecText(uri: String, uniqueID: String, hostname: String, _ emit: (String) -> Void) {
+        emit(disruptive ? "ModSecurity: Access denied. " : "ModSecurity: Warning. ")
+        if operatorName == "unconditionalMatch" || matchedVarName.isEmpty {
+            emit("Unconditional match in SecAction. ")
+        } else {
+            emit("Matched \"Operator `"); emit(operatorName); emit("' with parameter `"); emit(RuleMatch.clip(operatorParam, 200))
+            emit("' against variable `"); emit(matchedVarName); emit("' (Value: `"); emit(RuleMatch.clip(matchedVar, 200)); emit("' ) ")
+        }
+        emit("[file \""); emit(file); emit("\"] [line \""); emit(String(line)); emit("\"] [id \""); emit(String(id))
+        emit("\"] [rev \""); emit(rev ?? ""); emit("\"] [msg \""); emit(RuleMatch.esc(msg)); emit("\"] [data \""); emit(RuleMatch.esc(data))
+        emit("\"] [severity \""); emit(severity.map(String.init) ?? "0"); emit("\"] [ver \""); emit(ver ?? "")
+        emit("\"] [maturity \""); emit(maturity ?? "0"); emit("\"] [accuracy \""); emit(accuracy ?? "0"); emit("\"] ")
+        for t in tags { emit("[tag \""); emit(RuleMatch.esc(t)); emit("\"] ") }
+        emit("[hostname \""); emit(hostname); emit("\"] [uri \""); emit(RuleMatch.esc(uri)); emit("\"] [unique_id \""); emit(uniqueID); emit("\"]")
     }
 
     /// At most `n` characters, "..." marking a cut (the common short case without counting characters).

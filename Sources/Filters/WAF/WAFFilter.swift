@@ -162,8 +162,7 @@ final class WAFFilter: HTTPFilter {
         var out: [UInt8] = []
         for m in all[written...] where m.log {
             factory.metrics.ruleMatches.labels(String(m.id)).increment(shard: context.shard)
-            let text = m.modsecText(uri: uri, uniqueID: context.requestID, hostname: host)
-            out.reserveCapacity(out.count + text.utf8.count + 512)
+            out.reserveCapacity(out.count + 2048)
             JSONText.raw("{\"time_unix_nano\":\(wallClockNanos()),\"request_id\":", to: &out)
             JSONText.append(context.requestID, to: &out)
             JSONText.raw(",\"client\":", to: &out)
@@ -174,8 +173,9 @@ final class WAFFilter: HTTPFilter {
             JSONText.append(uri, to: &out)
             JSONText.raw(",\"rule_id\":\(m.id),\"phase\":\(m.phase),\"severity\":\(m.severity ?? 0),\"disruptive\":\(m.disruptive),\"mode\":", to: &out)
             JSONText.append(mode, to: &out)
-            JSONText.raw(",\"message\":", to: &out)
-            JSONText.append(text, to: &out)
+            JSONText.raw(",\"message\":\"", to: &out)
+            m.writeModsecText(uri: uri, uniqueID: context.requestID, hostname: host) { JSONText.escape($0, to: &out) }
+            JSONText.raw("\"", to: &out)
             JSONText.raw("}\n", to: &out)
             context.addSpanEvent("waf.rule_match", attributes: [
                 SpanAttribute("waf.rule_id", .int(Int64(m.id))),
@@ -191,9 +191,15 @@ final class WAFFilter: HTTPFilter {
 enum JSONText {
     static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
-    /// Appends `s` as a JSON string (quoted, escaped); runs that need no escape are copied whole.
+    /// Appends `s` as a JSON string (quoted, escaped).
     static func append(_ s: String, to out: inout [UInt8]) {
         out.append(34)
+        escape(s, to: &out)
+        out.append(34)
+    }
+
+    /// Appends the inside of a JSON string for `s`; runs that need no escape are copied whole.
+    static func escape(_ s: String, to out: inout [UInt8]) {
         var s = s
         s.withUTF8 { u in
             var run = 0
@@ -214,7 +220,6 @@ enum JSONText {
             }
             if run < u.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: u[run...])) }
         }
-        out.append(34)
     }
 
     /// Appends text that is already JSON.
