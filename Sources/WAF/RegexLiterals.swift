@@ -11,6 +11,8 @@ enum RegexLiterals {
     static let exactLimit = 64
     /// Required-literal sets larger than this are dropped (the regex is then always run).
     static let requiredLimit = 512
+    /// Literals stop growing at this length (a long literal run is cut, not copied quadratically).
+    static let literalLimit = 128
 
     /// The literals (lowercase), or nil when the pattern has no usable requirement.
     static func required(_ pattern: Bytes) -> [Bytes]? {
@@ -97,7 +99,8 @@ private struct PatternScanner {
         while !bail, i < b.count, b[i] != UInt8(ascii: "|"), b[i] != UInt8(ascii: ")") {
             let a = quantified(atom())
             if bail { return .anything }
-            if let x = run.exact, let y = a.exact, x.count * y.count <= RegexLiterals.exactLimit {
+            if let x = run.exact, let y = a.exact, x.count * y.count <= RegexLiterals.exactLimit,
+               (x.map(\.count).max() ?? 0) + (y.map(\.count).max() ?? 0) <= RegexLiterals.literalLimit {
                 var s = Set<Bytes>()
                 for p in x { for q in y { s.insert(p + q) } }
                 run = Info(exact: s, required: RegexLiterals.better(run.required, a.required))
