@@ -223,7 +223,10 @@ enum JSONText {
     }
 
     /// Appends text that is already JSON.
-    static func raw(_ s: String, to out: inout [UInt8]) { out.append(contentsOf: s.utf8) }
+    static func raw(_ s: String, to out: inout [UInt8]) {
+        var s = s
+        s.withUTF8 { out.append(contentsOf: $0) }
+    }
 }
 
 extension String {
