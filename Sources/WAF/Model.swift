@@ -326,7 +326,7 @@ public struct EngineSettings: Sendable {
 /// numeric operator with a constant operand, no capture. About 120 such links run per request;
 /// they are decided from a cached TX read instead of the general evaluator (a match then runs
 /// the same `noteMatch`, setvars included).
-struct TxCompare {
+final class TxCompare: Sendable {
     enum Kind { case eq, ge, gt, le, lt }
     let keyID: Int
     let key: String

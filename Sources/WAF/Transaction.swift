@@ -546,22 +546,12 @@ public final class Transaction {
     /// Evaluates a rule and its chain; on a full match runs the non-disruptive actions
     /// (last link first, as ModSecurity v3 does) and returns true.
     func evaluateChain(_ starter: Rule) -> Bool {
-        var depth = 0
-        var link: Rule? = starter
+        // The starter alone decides most rules: test it before walking the chain.
+        guard linkMatches(starter, starter: starter) else { return false }
+        var depth = 1
+        var link = starter.chained
         while let l = link {
-            if targetRemovalsByID.isEmpty, targetRemovalsByTag.isEmpty {
-                if let c = l.txCompare {
-                    guard txCompareMatches(l, c, starter: starter) else { return false }
-                    depth += 1
-                    link = l.chained
-                    continue
-                }
-                if let plan = l.fast {
-                    if l.prefilterBit >= 0, usePrefilter, !prefilterMayMatch(l) { return false }
-                    if !fastMayMatch(l, plan) { return false }
-                }
-            }
-            guard evaluate(l, starter: starter) else { return false }
+            guard linkMatches(l, starter: starter) else { return false }
             depth += 1
             link = l.chained
         }
@@ -575,6 +565,20 @@ public final class Transaction {
             k -= 1
         }
         return true
+    }
+
+    /// One link: the TX comparison, the prefilter and the pre-test where they apply, then the
+    /// general evaluator.
+    @inline(__always)
+    func linkMatches(_ l: Rule, starter: Rule) -> Bool {
+        if targetRemovalsByID.isEmpty, targetRemovalsByTag.isEmpty {
+            if l.txCompare != nil { return txCompareMatches(l, starter: starter) }
+            if let plan = l.fast {
+                if l.prefilterBit >= 0, usePrefilter, !prefilterMayMatch(l) { return false }
+                if !fastMayMatch(l, plan) { return false }
+            }
+        }
+        return evaluate(l, starter: starter)
     }
 
     func evaluate(_ r: Rule, starter: Rule) -> Bool {
@@ -628,8 +632,9 @@ public final class Transaction {
 
     /// A `TX:key @lt 2`-shaped link (see `TxCompare`): the same outcome and side effects as
     /// `evaluate` (MATCHED_VAR, MATCHED_VARS, the operator's parameter), without its generality.
-    func txCompareMatches(_ r: Rule, _ c: TxCompare, starter: Rule) -> Bool {
+    func txCompareMatches(_ r: Rule, starter: Rule) -> Bool {
         currentRule = starter
+        guard let c = r.txCompare else { return false }
         let kv = txRead(c.keyID, c.key)
         let n: Int
         if c.count { n = kv == nil ? 0 : 1 } else {
