@@ -21,9 +21,6 @@ final class Regex: @unchecked Sendable {
     /// ModSecurity v3 compiles @rx with DOTALL | MULTILINE.
     init(_ pattern: String, caseless: Bool = false, literals: Bool = false) throws(CompileError) {
         self.pattern = pattern
-        // ASCII literals only: stored keys are compared through their String (UTF-8) form.
-        let lits = literals ? RegexLiterals.required(pattern.latin1) : nil
-        requiredLiterals = lits.flatMap { $0.allSatisfy { $0.allSatisfy { $0 < 0x80 } } ? $0 : nil }
         let bytes = pattern.latin1
         var err: Int32 = 0
         var off = 0
@@ -39,6 +36,10 @@ final class Regex: @unchecked Sendable {
         }
         code = c
         jit = cpcre2_jit_compile(c) == 0
+        // Read only once PCRE2 accepted the pattern (it bounds nesting). ASCII literals only:
+        // stored keys are compared through their String (UTF-8) form.
+        let lits = literals ? RegexLiterals.required(bytes) : nil
+        requiredLiterals = lits.flatMap { $0.allSatisfy { $0.allSatisfy { $0 < 0x80 } } ? $0 : nil }
     }
 
     deinit { cpcre2_code_free(code) }

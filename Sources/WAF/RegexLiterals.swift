@@ -75,6 +75,9 @@ private struct PatternScanner {
     var i = 0
     /// Set on syntax the analysis does not model; the whole pattern is then unconstrained.
     var bail = false
+    /// Group nesting; deeper than `maxDepth` bails (the reader recurses once per level).
+    var depth = 0
+    static let maxDepth = 64
 
     init(b: Bytes) { self.b = b }
 
@@ -172,6 +175,9 @@ private struct PatternScanner {
 
     mutating func group() -> Info {
         i += 1  // (
+        depth += 1
+        defer { depth -= 1 }
+        if depth > PatternScanner.maxDepth { bail = true; return .anything }
         var zeroWidth = false
         if i < b.count, b[i] == UInt8(ascii: "*") { bail = true; return .anything }  // (*VERB)
         if i < b.count, b[i] == UInt8(ascii: "?") {

@@ -260,6 +260,7 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
         #expect(lits("(?x) a b c") == nil)
         #expect(lits("(?(1)a|b)") == nil)
         #expect(lits("[^a]") == nil)
+        #expect(lits(String(repeating: "(", count: 100_000) + "a" + String(repeating: ")", count: 100_000)) == nil)  // too deep: bails, no recursion blow-up
         // Lookarounds are zero width: only what is consumed counts.
         #expect(lits("(?=abc)xyz") == ["xyz"])
         #expect(lits("(?<!foo)bar") == ["bar"])
