@@ -308,21 +308,27 @@ def start_direct(ctx: Context, t: Target) -> Running:
     return r
 
 
-def start_nginx_proxy(ctx: Context, t: Target) -> Running:
-    port = free_port()
-    conf = f"""\
+def nginx_proxy_conf(ctx: Context, port: int, server_extra: str = "") -> str:
+    """nginx as a reverse proxy to the upstream with keep-alive; `server_extra` adds directives
+    to the server block (the ModSecurity row's)."""
+    return f"""\
 upstream app {{
     server 127.0.0.1:{ctx.upstream_port};
     keepalive 64;
 }}
 server {{
     listen 127.0.0.1:{port} backlog=4096;
-    location / {{
+{server_extra}    location / {{
         proxy_pass http://app;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
     }}
 }}"""
+
+
+def start_nginx_proxy(ctx: Context, t: Target) -> Running:
+    port = free_port()
+    conf = nginx_proxy_conf(ctx, port)
     p, logfile, _ = start_nginx(ctx, "nginx-proxy", conf)
     wait_until(lambda: port_serves_body(port) and len(children(p.pid)) == 1, 10,
                "nginx proxy", p, logfile)
@@ -366,21 +372,7 @@ def start_nginx_modsec(ctx: Context, t: Target) -> Running:
     prefix = os.path.join(ctx.tmp, re.sub(r"[^A-Za-z0-9_.-]", "_", t.name))
     os.makedirs(prefix, exist_ok=True)
     rules = modsec_rules(prefix)
-    conf = f"""\
-upstream app {{
-    server 127.0.0.1:{ctx.upstream_port};
-    keepalive 64;
-}}
-server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    modsecurity on;
-    modsecurity_rules_file {rules};
-    location / {{
-        proxy_pass http://app;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-    }}
-}}"""
+    conf = nginx_proxy_conf(ctx, port, f"    modsecurity on;\n    modsecurity_rules_file {rules};\n")
     p, logfile, _ = start_nginx(ctx, os.path.basename(prefix), conf, main=f"load_module {MODSEC_MODULE};\n")
     wait_until(lambda: port_serves_body(port) and len(children(p.pid)) == 1, 60,
                "nginx + ModSecurity", p, logfile)
