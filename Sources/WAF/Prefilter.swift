@@ -130,44 +130,11 @@ final class LiteralScanner: @unchecked Sendable {
 
     /// Nil when the automaton would not fit the packed layout (2^24 nodes, 65,535 edges or outputs per node).
     init?(_ literals: [(Bytes, Int32)]) {
-        var edgeLists: [[(UInt8, Int32)]] = [[]]
-        var direct: [[Int32]] = [[]]
-        func child(_ node: Int32, _ c: UInt8) -> Int32? {
-            for (k, v) in edgeLists[Int(node)] where k == c { return v }
-            return nil
-        }
-        var seen = [Bool](repeating: false, count: 256)
-        for (lit, bit) in literals where !lit.isEmpty {
-            var node: Int32 = 0
-            for raw in lit {
-                let c = lowerByte(raw)
-                seen[Int(c)] = true
-                if let nx = child(node, c) { node = nx; continue }
-                let n = Int32(edgeLists.count)
-                edgeLists.append([]); direct.append([])
-                edgeLists[Int(node)].append((c, n))
-                node = n
-            }
-            if !direct[Int(node)].contains(bit) { direct[Int(node)].append(bit) }
-        }
+        let trie = AhoCorasickTrie(literals)
+        let edgeLists = trie.edges, fail = trie.fail, out = trie.outputs
         guard edgeLists.count < 1 << 24 else { return nil }
-        var fail = [Int32](repeating: 0, count: edgeLists.count)
-        var out = direct
-        var queue: [Int32] = edgeLists[0].map { $0.1 }
-        var qi = 0
-        while qi < queue.count {
-            let u = queue[qi]; qi += 1
-            for (c, v) in edgeLists[Int(u)] {
-                var f = fail[Int(u)]
-                while f != 0, child(f, c) == nil { f = fail[Int(f)] }
-                var target = child(f, c) ?? 0
-                if target == v { target = 0 }
-                fail[Int(v)] = target
-                // BFS order: the suffix's outputs are complete before v's are merged.
-                for b in out[Int(target)] where !out[Int(v)].contains(b) { out[Int(v)].append(b) }
-                queue.append(v)
-            }
-        }
+        var seen = [Bool](repeating: false, count: 256)
+        for e in edgeLists { for (c, _) in e { seen[Int(c)] = true } }
         let edgeTotal = edgeLists.reduce(0) { $0 + $1.count }
         let outTotal = out.reduce(0) { $0 + $1.count }
         guard edgeLists.allSatisfy({ $0.count <= 0xffff }), out.allSatisfy({ $0.count <= 0xffff }) else { return nil }
@@ -180,7 +147,7 @@ final class LiteralScanner: @unchecked Sendable {
         _ = relevant.initialize(from: seen)
         // Nodes numbered breadth first: the shallow states a scan of ordinary text keeps
         // returning to sit together in memory.
-        let order: [Int32] = [0] + queue
+        let order = trie.order
         var newID = [UInt32](repeating: 0, count: edgeLists.count)
         for (i, n) in order.enumerated() { newID[Int(n)] = UInt32(i) }
         var e = 0, o = 0

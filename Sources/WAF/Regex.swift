@@ -129,40 +129,9 @@ final class AhoCorasick: @unchecked Sendable {
 
     init(_ phrases: [Bytes]) {
         patterns = phrases.filter { !$0.isEmpty }
-        var edges: [[(UInt8, Int32)]] = [[]]
-        var fail: [Int32] = [0]
-        var output: [Int32] = [-1]
-        func child(_ node: Int32, _ c: UInt8) -> Int32? {
-            for (k, v) in edges[Int(node)] where k == c { return v }
-            return nil
-        }
-        for (pi, p) in patterns.enumerated() {
-            var node: Int32 = 0
-            for raw in p {
-                let c = lowerByte(raw)
-                if let nx = child(node, c) { node = nx; continue }
-                let n = Int32(edges.count)
-                edges.append([]); fail.append(0); output.append(-1)
-                edges[Int(node)].append((c, n))
-                node = n
-            }
-            if output[Int(node)] < 0 { output[Int(node)] = Int32(pi) }
-        }
-        // BFS for failure links.
-        var queue: [Int32] = edges[0].map { $0.1 }
-        var qi = 0
-        while qi < queue.count {
-            let u = queue[qi]; qi += 1
-            for (c, v) in edges[Int(u)] {
-                var f = fail[Int(u)]
-                while f != 0, child(f, c) == nil { f = fail[Int(f)] }
-                var target = child(f, c) ?? 0
-                if target == v { target = 0 }
-                fail[Int(v)] = target
-                if output[Int(v)] < 0 { output[Int(v)] = output[Int(target)] }
-                queue.append(v)
-            }
-        }
+        let trie = AhoCorasickTrie(patterns.enumerated().map { ($1, Int32($0)) })
+        let edges = trie.edges, fail = trie.fail
+        let output = trie.outputs.map { $0.first ?? -1 }
         var root = [Int32](repeating: 0, count: 256)
         for (c, n) in edges[0] { root[Int(c)] = n }
         var start: [Int32] = [0]
@@ -203,6 +172,56 @@ final class AhoCorasick: @unchecked Sendable {
             }
             return nil
         }}}}}}
+    }
+}
+
+/// The trie and failure links of an Aho–Corasick automaton over ASCII-case-folded patterns,
+/// built once for @pm (`AhoCorasick`) and the prefilter (`LiteralScanner`), which each lay it
+/// out for their own search.
+struct AhoCorasickTrie {
+    /// Node n's edges as (byte, child); node 0 is the root.
+    private(set) var edges: [[(UInt8, Int32)]] = [[]]
+    private(set) var fail: [Int32] = []
+    /// Pattern ids reported at node n: those ending there first (in pattern order), then those
+    /// of its dictionary suffixes.
+    private(set) var outputs: [[Int32]] = [[]]
+    /// Every node, breadth first from the root.
+    private(set) var order: [Int32] = [0]
+
+    init(_ patterns: [(Bytes, Int32)]) {
+        for (p, id) in patterns where !p.isEmpty {
+            var node: Int32 = 0
+            for raw in p {
+                let c = lowerByte(raw)
+                if let nx = child(node, c) { node = nx; continue }
+                let n = Int32(edges.count)
+                edges.append([]); outputs.append([])
+                edges[Int(node)].append((c, n))
+                node = n
+            }
+            if !outputs[Int(node)].contains(id) { outputs[Int(node)].append(id) }
+        }
+        fail = [Int32](repeating: 0, count: edges.count)
+        var qi = 1
+        order += edges[0].map { $0.1 }
+        while qi < order.count {
+            let u = order[qi]; qi += 1
+            for (c, v) in edges[Int(u)] {
+                var f = fail[Int(u)]
+                while f != 0, child(f, c) == nil { f = fail[Int(f)] }
+                var target = child(f, c) ?? 0
+                if target == v { target = 0 }
+                fail[Int(v)] = target
+                // Breadth first: the suffix's outputs are complete before v's are merged.
+                for b in outputs[Int(target)] where !outputs[Int(v)].contains(b) { outputs[Int(v)].append(b) }
+                order.append(v)
+            }
+        }
+    }
+
+    private func child(_ node: Int32, _ c: UInt8) -> Int32? {
+        for (k, v) in edges[Int(node)] where k == c { return v }
+        return nil
     }
 }
 
