@@ -111,6 +111,11 @@ struct Target: Sendable {
     var count: Bool
     /// The text as written, for diagnostics and ctl matching.
     var text: String
+    /// `TX:key`: the key's id in the rule set's `TxKeyTable` (-1: none).
+    var txKeyID: Int = -1
+    /// `TX:/regex/`: the interned keys the regex may match (its literals occur in the name),
+    /// ascending; the others are not looked at. Nil: not computed, look at every key.
+    var txCandidates: [Int]?
 }
 
 /// An exclusion `!REQUEST_COOKIES:/__utm/` or one added by ctl/SecRuleUpdateTarget.
@@ -124,7 +129,8 @@ struct Exclusion: Sendable {
 struct Macro: Sendable {
     enum Part: Sendable {
         case literal(Bytes)
-        case variable(Collection, String?)   // key lowercased
+        /// The key lowercased; for TX keys, the id in the rule set's `TxKeyTable` (-1: none).
+        case variable(Collection, String?, Int)
     }
     let parts: [Part]
     let text: String
@@ -135,7 +141,8 @@ struct Macro: Sendable {
     /// `constant` lowercased as a collection key (setvar/TX keys written without macros).
     let constantKey: String
 
-    init(_ s: String) {
+    /// `txKeys`: the loading rule set's table, where TX keys get their ids.
+    init(_ s: String, txKeys: TxKeyTable? = nil) {
         text = s
         var parts: [Part] = []
         let b = s.latin1
@@ -148,7 +155,8 @@ struct Macro: Sendable {
                 let (colName, key) = Macro.split(name)
                 if let c = Collection(rawValue: colName.asciiUppercased) {
                     if !lit.isEmpty { parts.append(.literal(lit)); lit = [] }
-                    parts.append(.variable(c, key?.asciiLowercased))
+                    let kl = key?.asciiLowercased
+                    parts.append(.variable(c, kl, c == .tx ? kl.flatMap { txKeys?.intern($0) } ?? -1 : -1))
                     i = close + 1
                     continue
                 }
@@ -224,6 +232,8 @@ struct SetVar: Sendable {
     var collection: Collection
     var key: Macro     // lowercased at run time
     var op: SetVarOp
+    /// A constant TX key's id in the rule set's `TxKeyTable` (-1: none).
+    var keyID: Int = -1
 }
 
 enum CtlAction: Sendable {

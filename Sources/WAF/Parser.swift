@@ -18,13 +18,16 @@ public final class RuleSet: @unchecked Sendable {
     public let warnings: [RuleDiagnostic]
     /// The literal prefilter over the rules that have required literals (nil: none do).
     let prefilter: Prefilter?
-    /// TX keys read by pre-tests and TX comparisons, interned at load (ids 0 ..< txKeyCount).
-    let txKeyCount: Int
+    /// The TX keys the rules name, numbered at load (`VarStore.fixed`).
+    let txKeys: TxKeyTable
+    /// The ids of TX:0 … TX:9 (-1: no rule names it).
+    let captureKeyIDs: [Int]
 
     init(settings: EngineSettings, phases: [[Rule]], markers: [[String: Int]], defaultDisruptive: [Disruptive],
-         defaultLog: [Bool], rulesByID: [Int: Rule], files: [String], warnings: [RuleDiagnostic], prefilter: Prefilter?, txKeyCount: Int) {
+         defaultLog: [Bool], rulesByID: [Int: Rule], files: [String], warnings: [RuleDiagnostic], prefilter: Prefilter?, txKeys: TxKeyTable) {
         self.settings = settings; self.phases = phases; self.markers = markers; self.prefilter = prefilter
-        self.txKeyCount = txKeyCount
+        self.txKeys = txKeys
+        captureKeyIDs = (0...9).map { txKeys.ids[String($0)] ?? -1 }
         self.defaultDisruptive = defaultDisruptive; self.defaultLog = defaultLog
         self.rulesByID = rulesByID; self.ruleCount = rulesByID.count; self.files = files; self.warnings = warnings
     }
@@ -76,6 +79,8 @@ final class Loader {
     var updateTargets: [(ids: [ClosedRange<Int>], tag: String?, spec: String, file: String, line: Int)] = []
     var updateActions: [(id: Int, actions: String, file: String, line: Int)] = []
     var pmCache: [String: AhoCorasick] = [:]
+    /// TX key ids for this rule set (macros, setvars, pre-tests).
+    let txKeys = TxKeyTable()
 
     func error(_ file: String, _ line: Int, _ m: String) { errors.append(RuleDiagnostic(file: file, line: line, message: m)) }
 
@@ -416,7 +421,9 @@ final class Loader {
         if negate {
             return .exclusion(Exclusion(collection: col, key: key))
         }
-        return .target(Target(collection: col, key: key, count: count, text: raw))
+        var t = Target(collection: col, key: key, count: count, text: raw)
+        if col == .tx, case .exact(let k) = key { t.txKeyID = txKeys.intern(k) }
+        return .target(t)
     }
 
     /// Splits at `|` outside `/regex/` keys and quotes.
@@ -477,7 +484,7 @@ final class Loader {
                 param = String(body[body.index(after: sp)...])
             } else { name = String(body); param = "" }
         }
-        let macro = Macro(param)
+        let macro = Macro(param, txKeys: txKeys)
         let kind: OperatorKind
         func needsConstant() -> Bool {
             if !macro.isConstant { error(file, line, "@\(name) does not accept macros"); return false }
@@ -576,8 +583,8 @@ final class Loader {
             case "5", "logging": r.phase = 5
             default: error(file, line, "phase must be 1-5, request or response, got '\(v)'")
             }
-        case "msg": if need() { r.msg = Macro(v) }
-        case "logdata": if need() { r.logdata = Macro(v) }
+        case "msg": if need() { r.msg = Macro(v, txKeys: txKeys) }
+        case "logdata": if need() { r.logdata = Macro(v, txKeys: txKeys) }
         case "tag": if need() { r.tags.append(v) }
         case "severity":
             guard need(), let s = Severity.parse(v) else { error(file, line, "bad severity '\(v)'"); return }
@@ -619,17 +626,17 @@ final class Loader {
             r.transforms.append(t)
         case "setvar":
             guard need() else { return }
-            if let sv = Loader.parseSetVar(v) { r.setvars.append(sv) } else { error(file, line, "bad setvar '\(v)'") }
+            if let sv = Loader.parseSetVar(v, txKeys: txKeys) { r.setvars.append(sv) } else { error(file, line, "bad setvar '\(v)'") }
         case "initcol":
             guard need(), let eq = v.firstIndex(of: "=") else { error(file, line, "bad initcol '\(v)'"); return }
             guard let c = Collection(rawValue: String(v[..<eq]).asciiUppercased) else { error(file, line, "initcol: unknown collection in '\(v)'"); return }
-            r.initcols.append((c, Macro(String(v[v.index(after: eq)...]))))
+            r.initcols.append((c, Macro(String(v[v.index(after: eq)...]), txKeys: txKeys)))
         case "expirevar":
             guard need(), let eq = v.firstIndex(of: "="), let dot = v[..<eq].firstIndex(of: "."),
                   let c = Collection(rawValue: String(v[..<dot]).asciiUppercased) else {
                 error(file, line, "bad expirevar '\(v)' (expected collection.name=seconds)"); return
             }
-            r.expirevars.append((c, Macro(String(v[v.index(after: dot)..<eq])), Macro(String(v[v.index(after: eq)...]))))
+            r.expirevars.append((c, Macro(String(v[v.index(after: dot)..<eq]), txKeys: txKeys), Macro(String(v[v.index(after: eq)...]), txKeys: txKeys)))
         case "setuid", "setsid", "setenv", "setrsc", "deprecatevar", "sanitisearg", "sanitizearg", "sanitisematched",
              "sanitizematched", "sanitisematchedbytes", "sanitizematchedbytes", "sanitiserequestheader", "sanitizerequestheader",
              "sanitiseresponseheader", "sanitizeresponseheader", "append", "prepend", "exec", "pause", "proxy", "xmlns", "sanitizematchbytes":
@@ -642,7 +649,7 @@ final class Loader {
         }
     }
 
-    static func parseSetVar(_ s: String) -> SetVar? {
+    static func parseSetVar(_ s: String, txKeys: TxKeyTable? = nil) -> SetVar? {
         var t = Substring(s.trimmingSpaces)
         var delete = false
         if t.hasPrefix("!") { delete = true; t = t.dropFirst() }
@@ -650,12 +657,17 @@ final class Loader {
         var value: Substring?
         if let eq = t.firstIndex(of: "=") { name = t[..<eq]; value = t[t.index(after: eq)...] }
         guard let dot = name.firstIndex(of: "."), let c = Collection(rawValue: String(name[..<dot]).asciiUppercased) else { return nil }
-        let key = Macro(String(name[name.index(after: dot)...]))
-        if delete { return SetVar(collection: c, key: key, op: .delete) }
-        guard let value else { return SetVar(collection: c, key: key, op: .set(Macro("1"))) }
-        if value.hasPrefix("+") { return SetVar(collection: c, key: key, op: .add(Macro(String(value.dropFirst())))) }
-        if value.hasPrefix("-") { return SetVar(collection: c, key: key, op: .sub(Macro(String(value.dropFirst())))) }
-        return SetVar(collection: c, key: key, op: .set(Macro(String(value))))
+        let key = Macro(String(name[name.index(after: dot)...]), txKeys: txKeys)
+        let op: SetVarOp
+        if delete { op = .delete }
+        else if let value {
+            if value.hasPrefix("+") { op = .add(Macro(String(value.dropFirst()), txKeys: txKeys)) }
+            else if value.hasPrefix("-") { op = .sub(Macro(String(value.dropFirst()), txKeys: txKeys)) }
+            else { op = .set(Macro(String(value), txKeys: txKeys)) }
+        } else { op = .set(Macro("1")) }
+        var sv = SetVar(collection: c, key: key, op: op)
+        if c == .tx, key.isConstant, let txKeys { sv.keyID = txKeys.intern(key.constantKey) }
+        return sv
     }
 
     func parseCtl(_ s: String, file: String, line: Int) -> CtlAction? {
@@ -767,12 +779,7 @@ final class Loader {
             }
         }
         var prefiltered: [(Rule, [Bytes])] = []
-        var txKeyIDs: [String: Int] = [:]
-        func intern(_ k: String) -> Int {
-            if let id = txKeyIDs[k] { return id }
-            txKeyIDs[k] = txKeyIDs.count
-            return txKeyIDs.count - 1
-        }
+        let intern = txKeys.intern
         for p in 1...5 {
             for r in phases[p] where !r.isMarker {
                 r.skipAfterIndex = r.skipAfter.flatMap { markers[p][$0] }
@@ -786,11 +793,27 @@ final class Loader {
             }
         }
         let prefilter = Prefilter.build(prefiltered)
+        // TX:/regex/ targets: which interned keys can match, decided once (names are fixed now).
+        for p in 1...5 {
+            for r in phases[p] where !r.isMarker {
+                var link: Rule? = r
+                while let l = link {
+                    for i in l.targets.indices where l.targets[i].collection == .tx {
+                        guard case .regex(let re) = l.targets[i].key else { continue }
+                        l.targets[i].txCandidates = txKeys.names.indices.filter { id in
+                            var name = txKeys.names[id]
+                            return name.withUTF8 { re.mayMatch(lower: $0) }
+                        }
+                    }
+                    link = l.chained
+                }
+            }
+        }
         for r in byID.values where removed(r) { byID[r.id] = nil }
         RegexScratch.matchLimit = max(RegexScratch.matchLimit, settings.pcreMatchLimit)
         return .success(RuleSet(settings: settings, phases: phases, markers: markers, defaultDisruptive: defaultDisruptive,
                                 defaultLog: defaultLog, rulesByID: byID, files: files, warnings: warnings,
-                                prefilter: prefilter, txKeyCount: txKeyIDs.count))
+                                prefilter: prefilter, txKeys: txKeys))
     }
 
     /// ModSecurity compares tags for removal as a regex; CRS uses plain names.

@@ -43,7 +43,7 @@ final class PersistentStore: Sendable {
                 if e <= now { continue }
                 expiry[k] = e
             }
-            store.map[k] = v
+            store.set(lower: k, v.key, v.value)
         }
         return (store, expiry)
     }
@@ -51,7 +51,8 @@ final class PersistentStore: Sendable {
     /// Writes the record back (the transaction's view replaces the stored one).
     func save(_ c: Collection, _ key: Bytes, _ store: VarStore, expiry: [String: UInt64], now: UInt64) {
         var rec = Record(lastUse: now)
-        for (k, v) in store.map where rec.vars.count < maxVars {
+        store.forEach { k, v in
+            guard rec.vars.count < maxVars else { return }
             rec.vars[k] = (v.key, v.value.count > maxValue ? Array(v.value.prefix(maxValue)) : v.value)
             if let e = expiry[k] { rec.expiry[k] = e }
         }

@@ -57,10 +57,15 @@ public struct RuleMatch: Sendable {
         emit("[hostname \""); emit(hostname); emit("\"] [uri \""); emit(RuleMatch.esc(uri)); emit("\"] [unique_id \""); emit(uniqueID); emit("\"]")
     }
 
-    /// At most `n` characters, "..." marking a cut (the common short case without counting characters).
+    /// At most `n` bytes, cut at a character boundary, "..." marking a cut. Bytes, not
+    /// characters: counting characters of a long regex parameter for every audit line cost
+    /// more than writing the line.
     static func clip(_ s: String, _ n: Int) -> String {
-        if s.utf8.count <= n { return s }
-        return s.count > n ? String(s.prefix(n)) + "..." : s
+        let u = s.utf8
+        if u.count <= n { return s }
+        var end = u.index(u.startIndex, offsetBy: n)
+        while end > u.startIndex, u[end] & 0xC0 == 0x80 { end = u.index(before: end) }
+        return String(decoding: u[..<end], as: UTF8.self) + "..."
     }
     static func esc(_ s: String) -> String { s.utf8.contains(34) ? s.replacingAll("\"", "\\\"") : s }
 }
@@ -104,18 +109,116 @@ struct Value {
 }
 
 /// Keyed variable store (TX, IP, …): case-insensitive keys, original spelling kept.
+///
+/// The TX keys a rule set names (`TxKeyTable`, interned at load) live in `fixed`, indexed by
+/// their id: the hundred-odd setvars, macro expansions and TX reads of a CRS request then
+/// index an array instead of hashing a string. Keys built at run time (`tx.header_name_%{tx.0}`)
+/// and the keys of persistent collections live in `map`. Every id-based call also gets the
+/// lowercase key, so a store without the table (a collection loaded by initcol) still works.
 struct VarStore {
-    var map: [String: (key: Bytes, value: Bytes)] = [:]
-    subscript(_ k: String) -> Bytes? { map[k]?.value }
-    mutating func set(_ key: Bytes, _ v: Bytes) { map[keyString(key)] = (key, v) }
-    mutating func set(lower kl: String, _ key: Bytes, _ v: Bytes) { map[kl] = (key, v) }
+    struct Slot {
+        var key: Bytes = []
+        var value: Bytes = []
+        var isSet = false
+        /// Which write set this slot (readers cache by it; 0: never written).
+        var stamp: UInt32 = 0
+    }
+    let table: TxKeyTable?
+    private(set) var map: [String: (key: Bytes, value: Bytes)] = [:]
+    private(set) var fixed: [Slot] = []
+    private var writes: UInt32 = 0
+
+    init(table: TxKeyTable? = nil, reserve: Int = 0) {
+        self.table = table
+        if let table, table.count > 0 { fixed = [Slot](repeating: Slot(), count: table.count) }
+        if reserve > 0 { map.reserveCapacity(reserve) }
+    }
+
+    @inline(__always) private func slotIndex(_ kl: String) -> Int? {
+        guard let table, let id = table.ids[kl], id < fixed.count else { return nil }
+        return id
+    }
+
+    subscript(_ kl: String) -> Bytes? { entry(kl)?.value }
+
+    /// The entry under lowercase key `kl`.
+    func entry(_ kl: String) -> (key: Bytes, value: Bytes)? {
+        if let i = slotIndex(kl) { let s = fixed[i]; return s.isSet ? (s.key, s.value) : nil }
+        return map[kl]
+    }
+
+    /// The entry of interned key `id` (whose lowercase spelling is `kl`).
+    @inline(__always) func entry(id: Int, _ kl: String) -> (key: Bytes, value: Bytes)? {
+        if id >= 0, id < fixed.count { let s = fixed[id]; return s.isSet ? (s.key, s.value) : nil }
+        return map[kl]
+    }
+
+    /// Whether slot `id` is set and which write set it, without copying its bytes; nil when
+    /// `id` is not one of this store's slots.
+    @inline(__always) func slotState(id: Int) -> (isSet: Bool, stamp: UInt32)? {
+        id >= 0 && id < fixed.count ? (fixed[id].isSet, fixed[id].stamp) : nil
+    }
+
+    mutating func set(_ key: Bytes, _ v: Bytes) { set(lower: keyString(key), key, v) }
+    mutating func set(lower kl: String, _ key: Bytes, _ v: Bytes) { set(id: slotIndex(kl) ?? -1, lower: kl, key, v) }
+    mutating func set(id: Int, lower kl: String, _ key: Bytes, _ v: Bytes) {
+        if id >= 0, id < fixed.count {
+            writes &+= 1
+            fixed[id] = Slot(key: key, value: v, isSet: true, stamp: writes)
+        } else {
+            map[kl] = (key, v)
+        }
+    }
+
     /// `setvar:c.key=+n` / `=-n`: the stored number (0 if unset) plus or minus `delta`, wrapping.
     mutating func add(lower kl: String, _ key: Bytes, _ delta: Int, subtract: Bool) {
-        let cur = map[kl].map { parseLeadingInt($0.value) } ?? 0
-        let n = subtract ? cur.subtractingReportingOverflow(delta).partialValue : cur.addingReportingOverflow(delta).partialValue
-        map[kl] = (key, n.bytes)
+        add(id: slotIndex(kl) ?? -1, lower: kl, key, delta, subtract: subtract)
     }
-    mutating func remove(_ key: Bytes) { map[keyString(key)] = nil }
+    mutating func add(id: Int, lower kl: String, _ key: Bytes, _ delta: Int, subtract: Bool) {
+        let cur = entry(id: id, kl).map { parseLeadingInt($0.value) } ?? 0
+        let n = subtract ? cur.subtractingReportingOverflow(delta).partialValue : cur.addingReportingOverflow(delta).partialValue
+        set(id: id, lower: kl, key, n.bytes)
+    }
+
+    mutating func remove(_ key: Bytes) { remove(lower: keyString(key)) }
+    mutating func remove(lower kl: String) { remove(id: slotIndex(kl) ?? -1, lower: kl) }
+    mutating func remove(id: Int, lower kl: String) {
+        if id >= 0, id < fixed.count {
+            writes &+= 1
+            fixed[id] = Slot(key: [], value: [], isSet: false, stamp: writes)
+        } else {
+            map[kl] = nil
+        }
+    }
+
+    /// Every set entry with its lowercase key: interned keys in id order, then the others.
+    /// `candidates` (ascending ids): of the interned keys, only these.
+    func forEach(candidates: [Int]? = nil, _ body: (String, (key: Bytes, value: Bytes)) -> Void) {
+        if let table {
+            if let candidates {
+                for i in candidates where i < fixed.count && fixed[i].isSet { body(table.names[i], (fixed[i].key, fixed[i].value)) }
+            } else {
+                for i in fixed.indices where fixed[i].isSet { body(table.names[i], (fixed[i].key, fixed[i].value)) }
+            }
+        }
+        for (kl, kv) in map { body(kl, kv) }
+    }
+}
+
+/// The TX keys a rule set names (setvar targets, `%{tx.x}` macros, `TX:x` targets), lowercase,
+/// numbered at load. Filled only while its `Loader` runs, read-only once the rule set exists.
+final class TxKeyTable: @unchecked Sendable {
+    private(set) var ids: [String: Int] = [:]
+    private(set) var names: [String] = []
+    var count: Int { names.count }
+
+    /// The id of lowercase key `kl`, numbering it if new. Load time only.
+    func intern(_ kl: String) -> Int {
+        if let id = ids[kl] { return id }
+        ids[kl] = names.count
+        names.append(kl)
+        return names.count - 1
+    }
 }
 
 /// The fixed scalars whose transformations are cached (id = 2 * case + 2).
@@ -235,11 +338,13 @@ public final class Transaction {
     /// Literal prefilter state: per (chain group, slot) the offset of its rule bits in the pool (-1: not scanned yet).
     @exclusivity(unchecked) var prefilterOffsets: [Int32] = []
     @exclusivity(unchecked) var prefilterPool: [UInt64] = []
-    /// TX reads by interned key (`RuleSet.txKeyCount`): valid while `collections.version + 1`
-    /// equals the stored version (0: never read).
-    @exclusivity(unchecked) var txReadVersion: [UInt64] = []
+    /// TX reads by interned key (`RuleSet.txKeys`): the arena spans of the slot's value as of
+    /// the write stamped `txReadStamp[id]` (0: never read).
+    @exclusivity(unchecked) var txReadStamp: [UInt32] = []
     @exclusivity(unchecked) var txReadKey: [Span] = []
     @exclusivity(unchecked) var txReadValue: [Span] = []
+    /// `ByteSummary.packed` of values by id (0: not computed yet).
+    @exclusivity(unchecked) var summaries: [UInt32] = []
     /// Off only to compare decisions with and without the prefilter (tests).
     @exclusivity(unchecked) var usePrefilter = true
     /// This thread's PCRE2 match data and JIT stack.
@@ -378,9 +483,7 @@ public final class Transaction {
             if l.starts(with: Array("application/x-www-form-urlencoded".utf8)) { bodyProcessor = "URLENCODED" }
             else if l.starts(with: Array("multipart/form-data".utf8)) { bodyProcessor = "MULTIPART" }
         }
-        var tx = VarStore()
-        tx.map.reserveCapacity(256)  // CRS sets ~100 TX variables per request
-        collections[.tx] = tx
+        collections[.tx] = VarStore(table: rs.txKeys, reserve: 16)
         return runPhase(1)
     }
 
@@ -663,20 +766,22 @@ public final class Transaction {
     }
 
     /// TX:key by its interned id: the key's and value's spans in the arena, or nil when unset.
+    /// The spans are stored once per write of the slot (its stamp), not once per read.
     func txRead(_ id: Int, _ key: String) -> (key: Span, value: Span)? {
-        if txReadVersion.isEmpty {
-            txReadVersion = [UInt64](repeating: 0, count: rs.txKeyCount)
-            txReadKey = [Span](repeating: .none, count: rs.txKeyCount)
-            txReadValue = [Span](repeating: .none, count: rs.txKeyCount)
+        guard let state = collections.slots[Collection.tx.ordinal].slotState(id: id) else {
+            guard let kv = collections.slots[Collection.tx.ordinal].entry(key) else { return nil }
+            return (store(kv.key), store(kv.value))
         }
-        let version = collections.version &+ 1
-        if txReadVersion[id] == version {
-            let v = txReadValue[id]
-            return v.exists ? (txReadKey[id], v) : nil
+        guard state.isSet else { return nil }
+        if txReadStamp.isEmpty {
+            txReadStamp = [UInt32](repeating: 0, count: rs.txKeys.count)
+            txReadKey = [Span](repeating: .none, count: rs.txKeys.count)
+            txReadValue = [Span](repeating: .none, count: rs.txKeys.count)
         }
-        txReadVersion[id] = version
-        guard let kv = collections.slots[Collection.tx.ordinal].map[key] else { txReadValue[id] = .none; return nil }
+        if txReadStamp[id] == state.stamp { return (txReadKey[id], txReadValue[id]) }
+        guard let kv = collections.slots[Collection.tx.ordinal].entry(id: id, key) else { return nil }
         let ks = store(kv.key), vs = store(kv.value)
+        txReadStamp[id] = state.stamp
         txReadKey[id] = ks
         txReadValue[id] = vs
         return (ks, vs)
@@ -701,10 +806,10 @@ public final class Transaction {
 
     /// The same for a transformation chain given by its id and steps.
     func transformed(_ value: Span, id: Int, chainID: Int, transforms: [Transform]) -> Span {
-        guard id >= 0 else { return applyTransforms(value, transforms) }
+        guard id >= 0 else { return applyTransforms(value, transforms, id: -1) }
         let key = id &<< 16 | chainID
         if let hit = cacheLookup(key) { return hit }
-        let result = applyTransforms(value, transforms)
+        let result = applyTransforms(value, transforms, id: id)
         cacheInsert(key, result)
         return result
     }
@@ -751,16 +856,36 @@ public final class Transaction {
         }
     }
 
-    func applyTransforms(_ s: Span, _ transforms: [Transform]) -> Span {
-        // Leading steps that leave the value as it is are checked in place (no copy).
+    /// Steps that leave the value as it is (by its `ByteSummary`) are skipped, before and after
+    /// a step that changes it: a plain value is never copied, a changed one only by the steps
+    /// that change it. `id` (-1: none) keys the summary of the untransformed value, which every
+    /// chain over the same value shares.
+    func applyTransforms(_ s: Span, _ transforms: [Transform], id: Int) -> Span {
+        var summary = self.summary(s, id: id)
         var k = 0
-        let summary = ByteSummary(buffer(s))
         while k < transforms.count, transforms[k].unchanged(summary) { k += 1 }
         if k == transforms.count { return s }
         let original = bytes(s)
         var cur = original
-        while k < transforms.count { cur = transforms[k].apply(cur); k += 1 }
+        while k < transforms.count {
+            if !transforms[k].unchanged(summary) {
+                cur = transforms[k].apply(cur)
+                if k + 1 < transforms.count { summary = cur.withUnsafeBufferPointer { ByteSummary($0) } }
+            }
+            k += 1
+        }
         return cur == original ? s : store(cur)
+    }
+
+    /// The byte summary of a value, computed once per value id.
+    @inline(__always) func summary(_ s: Span, id: Int) -> ByteSummary {
+        guard id >= 0 else { return ByteSummary(buffer(s)) }
+        if id >= summaries.count { summaries.append(contentsOf: repeatElement(0, count: id + 64 - summaries.count)) }
+        let p = summaries[id]
+        if p != 0 { return ByteSummary(packed: p) }
+        let sm = ByteSummary(buffer(s))
+        summaries[id] = sm.packed
+        return sm
     }
 
     /// Forgets a fixed scalar and its cached transformations (its bytes changed: the request body arrived).
@@ -768,6 +893,7 @@ public final class Transaction {
         // Cached results exist only for a scalar that was copied into the arena.
         guard scalarSpans[k.rawValue].exists else { return }
         scalarSpans[k.rawValue] = .none
+        if k.id < summaries.count { summaries[k.id] = 0 }
         // Rare (once per body): drop every cached result of this scalar.
         if cacheSlots != nil { rebuildCache(capacity: cacheCapacity, dropping: k.id) }
     }
@@ -826,7 +952,7 @@ public final class Transaction {
             case .requestCookiesNames: visitEntries(cookies, t.key, exclusions, .requestCookiesNames, true, visit); return
             case .tx:
                 if case .exact(let k) = t.key {
-                    guard let kv = collections.slots[Collection.tx.ordinal].map[k] else { return }
+                    guard let kv = collections.slots[Collection.tx.ordinal].entry(id: t.txKeyID, k) else { return }
                     if !exclusions.isEmpty, exclusions.contains(where: { $0.collection == .tx && $0.key.matchesStored(k, kv.key) }) { return }
                     visit(Value(collection: .tx, key: store(kv.key), value: store(kv.value), id: -1))
                     return
@@ -875,14 +1001,14 @@ public final class Transaction {
         func store(_ c: Collection) {
             guard let s = collections[c] else { return }
             if case .exact(let k) = t.key {
-                if let kv = s.map[k], exclusions.isEmpty || !exclusions.contains(where: { $0.collection == c && $0.key.matchesStored(k, kv.key) }) {
+                if let kv = c == .tx ? s.entry(id: t.txKeyID, k) : s.entry(k), exclusions.isEmpty || !exclusions.contains(where: { $0.collection == c && $0.key.matchesStored(k, kv.key) }) {
                     out(Value(collection: c, key: self.store(kv.key), value: self.store(kv.value), id: -1))
                 }
                 return
             }
-            for (kl, kv) in s.map {
-                guard t.key.matchesStored(kl, kv.key) else { continue }
-                if !exclusions.isEmpty, exclusions.contains(where: { $0.collection == c && $0.key.matchesStored(kl, kv.key) }) { continue }
+            s.forEach(candidates: c == .tx ? t.txCandidates : nil) { kl, kv in
+                guard t.key.matchesStored(kl, kv.key) else { return }
+                if !exclusions.isEmpty, exclusions.contains(where: { $0.collection == c && $0.key.matchesStored(kl, kv.key) }) { return }
                 out(Value(collection: c, key: self.store(kv.key), value: self.store(kv.value), id: -1))
             }
         }
@@ -1001,7 +1127,7 @@ public final class Transaction {
         for p in m.parts {
             switch p {
             case .literal(let b): out += b
-            case .variable(let c, let key):
+            case .variable(let c, let key, let keyID):
                 if c == .rule, let r = rule ?? currentRule {
                     switch key ?? "" {
                     case "id": out += r.id.bytes
@@ -1015,7 +1141,7 @@ public final class Transaction {
                 switch c {
                 case .tx, .ip, .global, .session, .user, .resource, .geo, .env:
                     if let key {
-                        if let kv = collections.slots[c.ordinal].map[key] { out += kv.value }
+                        if let kv = collections.slots[c.ordinal].entry(id: keyID, key) { out += kv.value }
                         continue
                     }
                 default: break
@@ -1037,17 +1163,19 @@ public final class Transaction {
             let key: Bytes, kl: String
             if sv.key.isConstant { key = sv.key.constant; kl = sv.key.constantKey } else { key = expand(sv.key, rule: r); kl = keyString(key) }
             let c = sv.collection
+            // A constant TX key has its slot; a computed one is looked up by name.
+            let id = sv.keyID
             switch sv.op {
             case .set(let m):
                 let v = expand(m, rule: r)
-                collections[c, default: VarStore()].set(lower: kl, key, v)
-            case .add(let m):
+                if id >= 0 { collections[c, default: VarStore()].set(id: id, lower: kl, key, v) } else { collections[c, default: VarStore()].set(lower: kl, key, v) }
+            case .add(let m), .sub(let m):
                 let d = parseLeadingInt(expand(m, rule: r))
-                collections[c, default: VarStore()].add(lower: kl, key, d, subtract: false)
-            case .sub(let m):
-                let d = parseLeadingInt(expand(m, rule: r))
-                collections[c, default: VarStore()].add(lower: kl, key, d, subtract: true)
-            case .delete: collections[c, default: VarStore()].map[kl] = nil
+                var subtract = false
+                if case .sub = sv.op { subtract = true }
+                if id >= 0 { collections[c, default: VarStore()].add(id: id, lower: kl, key, d, subtract: subtract) } else { collections[c, default: VarStore()].add(lower: kl, key, d, subtract: subtract) }
+            case .delete:
+                if id >= 0 { collections[c, default: VarStore()].remove(id: id, lower: kl) } else { collections[c, default: VarStore()].remove(lower: kl) }
             }
         }
     }
@@ -1107,19 +1235,19 @@ public final class Transaction {
         case .rx(let re):
             if capture {
                 if let groups = re.firstMatch(v, groups: 9) {
-                    for (i, g) in groups.enumerated() { collections[.tx, default: VarStore()].set(Transaction.digits[i], g) }
+                    for (i, g) in groups.enumerated() { setCapture(i, g) }
                     r = true
                 } else { r = false }
             } else { r = re.matches(v) }
         case .pm(let ac):
             if let idx = ac.search(v) {
                 r = true
-                if capture { collections[.tx, default: VarStore()].set([48], ac.patterns[idx]) }
+                if capture { setCapture(0, ac.patterns[idx]) }
             } else { r = false }
         case .rxMacro:
             if let re = RegexCache.shared.regex(String(latin1: param)) {
                 if capture, let groups = re.firstMatch(v, groups: 9) {
-                    for (i, g) in groups.enumerated() { collections[.tx, default: VarStore()].set(Transaction.digits[i], g) }
+                    for (i, g) in groups.enumerated() { setCapture(i, g) }
                     r = true
                 } else { r = re.matches(v) }
             } else { r = false }
@@ -1144,11 +1272,11 @@ public final class Transaction {
             r = res == 1
             if r, capture {
                 let f = fp.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
-                collections[.tx, default: VarStore()].set([48], f)
+                setCapture(0, f)
             }
         case .detectXSS:
             r = Transaction.detectXSS(v)
-            if r, capture { collections[.tx, default: VarStore()].set([48], Array(v)) }
+            if r, capture { setCapture(0, Array(v)) }
         case .unconditional: r = true
         case .noMatch, .unsupported: r = false
         }
@@ -1163,6 +1291,12 @@ public final class Transaction {
     }
 
     static let digits: [Bytes] = (0...9).map { [UInt8(48 + $0)] }
+    static let digitKeys: [String] = (0...9).map { String($0) }
+
+    /// TX:0 … TX:9 (capture), by their interned ids.
+    func setCapture(_ i: Int, _ value: Bytes) {
+        collections[.tx, default: VarStore()].set(id: rs.captureKeyIDs[i], lower: Transaction.digitKeys[i], Transaction.digits[i], value)
+    }
 
     /// libinjection's XSS test. It reports only tags, comments and doctypes (all need `<`) and
     /// attribute values after a dangerous attribute name (a value needs `=`), so text without

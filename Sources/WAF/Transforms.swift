@@ -545,6 +545,13 @@ struct ByteSummary {
         kinds = Kind(rawValue: bits)
     }
 
+    /// The summary in 32 bits (bit 31 set: never 0, so 0 can mean "not computed").
+    var packed: UInt32 { UInt32(kinds.rawValue) | (isSingleDot ? 1 << 16 : 0) | 1 << 31 }
+    init(packed p: UInt32) {
+        kinds = Kind(rawValue: UInt16(truncatingIfNeeded: p))
+        isSingleDot = p & (1 << 16) != 0
+    }
+
     static let table: [UInt16] = (0..<256).map { i -> UInt16 in
         let c = UInt8(i)
         var k: Kind = []

@@ -208,14 +208,15 @@ enum JSONText {
                 if c >= 0x20 && c != 34 && c != 92 && c != 0x7f { continue }
                 if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: u[run..<i])) }
                 run = i + 1
+                out.append(92)
                 switch c {
-                case 34: out.append(contentsOf: [92, 34])
-                case 92: out.append(contentsOf: [92, 92])
-                case 10: out.append(contentsOf: [92, 110])
-                case 13: out.append(contentsOf: [92, 114])
-                case 9: out.append(contentsOf: [92, 116])
+                case 34, 92: out.append(c)
+                case 10: out.append(110)
+                case 13: out.append(114)
+                case 9: out.append(116)
                 default:
-                    out.append(contentsOf: [92, 117, 48, 48, hexDigits[Int(c >> 4)], hexDigits[Int(c & 15)]])
+                    out.append(117); out.append(48); out.append(48)
+                    out.append(hexDigits[Int(c >> 4)]); out.append(hexDigits[Int(c & 15)])
                 }
             }
             if run < u.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: u[run...])) }
