@@ -167,6 +167,25 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
         #expect(run(rs, target: "/y/admin").intervention?.ruleID == 15)
     }
 
+    /// TX keys named in the rules live in slots, computed ones in a map: both are one
+    /// collection to setvar, macros, exact and regex keys and counts, case-insensitively.
+    @Test func txSlotsAndComputedKeysAreOneCollection() throws {
+        let rs = try load("""
+        SecAction "id:30,phase:1,pass,nolog,setvar:tx.Score=2,setvar:tx.score=+3,setvar:tx.gone=1,setvar:!tx.GONE"
+        SecRule ARGS "@rx ^(\\w+)$" "id:31,phase:1,pass,nolog,capture,setvar:'tx.dyn_%{tx.1}=%{tx.score}'"
+        SecRule TX:SCORE "@eq 5" "id:32,phase:1,pass,log,msg:'score %{tx.score}'"
+        SecRule &TX:GONE "@eq 0" "id:33,phase:1,pass,log"
+        SecRule &TX:/^dyn_/ "@eq 2" "id:34,phase:1,pass,log"
+        SecRule TX:/^DYN_B/ "@streq 5" "id:35,phase:1,pass,log,logdata:'%{MATCHED_VAR_NAME}'"
+        SecRule TX:/^score$/ "@eq 5" "id:36,phase:1,pass,log"
+        """)
+        let tx = run(rs, target: "/?a=alpha&b=beta")
+        let ids = tx.matches.map(\.id)
+        #expect(ids == [32, 33, 34, 35, 36])
+        #expect(tx.matches.first?.msg == "score 5")
+        #expect(tx.matches.first { $0.id == 35 }?.data == "TX:dyn_beta")
+    }
+
     @Test func detectionOnlyLogsButDoesNotBlock() throws {
         let rs = try load("SecRuleEngine DetectionOnly\nSecRule ARGS \"@contains evil\" \"id:20,phase:2,deny,log\"\n")
         let tx = run(rs, target: "/?a=evil")
