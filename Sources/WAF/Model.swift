@@ -104,18 +104,24 @@ enum KeySelector: Sendable {
     }
 }
 
-/// One target of a rule: `ARGS`, `&TX:foo`, `REQUEST_HEADERS:/^x-/`.
-struct Target: Sendable {
-    var collection: Collection
-    var key: KeySelector
-    var count: Bool
+/// One target of a rule: `ARGS`, `&TX:foo`, `REQUEST_HEADERS:/^x-/`. A class, so evaluating
+/// a rule hands out a reference instead of copying the selector and strings; filled in only
+/// while the rule set loads.
+final class Target: @unchecked Sendable {
+    let collection: Collection
+    let key: KeySelector
+    let count: Bool
     /// The text as written, for diagnostics and ctl matching.
-    var text: String
+    let text: String
     /// `TX:key`: the key's id in the rule set's `TxKeyTable` (-1: none).
     var txKeyID: Int = -1
     /// `TX:/regex/`: the interned keys the regex may match (its literals occur in the name),
     /// ascending; the others are not looked at. Nil: not computed, look at every key.
     var txCandidates: [Int]?
+
+    init(collection: Collection, key: KeySelector, count: Bool, text: String) {
+        self.collection = collection; self.key = key; self.count = count; self.text = text
+    }
 }
 
 /// An exclusion `!REQUEST_COOKIES:/__utm/` or one added by ctl/SecRuleUpdateTarget.
@@ -125,8 +131,9 @@ struct Exclusion: Sendable {
 
 }
 
-/// A string with `%{collection.key}` macros, split at load.
-struct Macro: Sendable {
+/// A string with `%{collection.key}` macros, split at load. A class: setvars, operators and
+/// messages pass it around per rule and per request, one reference instead of four.
+final class Macro: Sendable {
     enum Part: Sendable {
         case literal(Bytes)
         /// The key lowercased; for TX keys, the id in the rule set's `TxKeyTable` (-1: none).

@@ -421,7 +421,7 @@ final class Loader {
         if negate {
             return .exclusion(Exclusion(collection: col, key: key))
         }
-        var t = Target(collection: col, key: key, count: count, text: raw)
+        let t = Target(collection: col, key: key, count: count, text: raw)
         if col == .tx, case .exact(let k) = key { t.txKeyID = txKeys.intern(k) }
         return .target(t)
     }

@@ -15,6 +15,9 @@ final class Regex: @unchecked Sendable {
     /// Lowercase literals one of which every match contains (`RegexLiterals`); computed only
     /// for variable-key regexes, which run over every key of TX on each use.
     let requiredLiterals: [Bytes]?
+    /// `^.*$` (CRS's "capture the whole value"): under DOTALL | MULTILINE it matches every
+    /// subject, the whole of it, so PCRE2 is not asked.
+    let matchesWhole: Bool
 
     struct CompileError: Error { var message: String; var offset: Int }
 
@@ -36,6 +39,7 @@ final class Regex: @unchecked Sendable {
         }
         code = c
         jit = cpcre2_jit_compile(c) == 0
+        matchesWhole = pattern == "^.*$"
         // Read only once PCRE2 accepted the pattern (it bounds nesting). ASCII literals only:
         // stored keys are compared through their String (UTF-8) form.
         let lits = literals ? RegexLiterals.required(bytes) : nil
@@ -62,11 +66,13 @@ final class Regex: @unchecked Sendable {
 
     /// With the caller's scratch (a transaction fetches its thread's once).
     @inline(__always) func matches(_ p: UnsafeBufferPointer<UInt8>, _ scratch: UnsafeMutablePointer<cpcre2_scratch>?) -> Bool {
+        if matchesWhole { return true }
         guard let scratch else { return false }
         return run(p, scratch) >= 0
     }
 
     func matches(_ p: UnsafeBufferPointer<UInt8>) -> Bool {
+        if matchesWhole { return true }
         guard let scratch = RegexScratch.current else { return false }
         return run(p, scratch) >= 0
     }
@@ -77,6 +83,7 @@ final class Regex: @unchecked Sendable {
 
     /// The whole match and up to `groups` capture groups (empty for unset ones), or nil.
     func firstMatch(_ p: UnsafeBufferPointer<UInt8>, groups: Int) -> [Bytes]? {
+        if matchesWhole { return [Array(p)] }
         guard let scratch = RegexScratch.current else { return nil }
         let rc = run(p, scratch)
         if rc < 0 { return nil }

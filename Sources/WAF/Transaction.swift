@@ -229,20 +229,22 @@ enum Scalar: Int, CaseIterable {
 }
 
 /// Per-collection variable stores, indexed by collection case (no hashing). Every write
-/// goes through a subscript setter, which bumps `version`: readers may cache what they read
-/// for as long as the version is unchanged.
+/// goes through a subscript setter, which counts it in `writes` (a persistent collection
+/// nobody wrote to is not saved back).
 struct CollectionMap {
     static let size = Collection.allCases.count
     private(set) var slots = [VarStore](repeating: VarStore(), count: CollectionMap.size)
-    private(set) var version: UInt64 = 0
+    private(set) var writes = [UInt32](repeating: 0, count: CollectionMap.size)
     subscript(_ c: Collection) -> VarStore? {
         get { slots[c.ordinal] }
-        set { version &+= 1; slots[c.ordinal] = newValue ?? VarStore() }
+        set { writes[c.ordinal] &+= 1; slots[c.ordinal] = newValue ?? VarStore() }
     }
     subscript(_ c: Collection, default d: @autoclosure () -> VarStore) -> VarStore {
         get { slots[c.ordinal] }
-        _modify { version &+= 1; yield &slots[c.ordinal] }
+        _modify { writes[c.ordinal] &+= 1; yield &slots[c.ordinal] }
     }
+    /// Counts a change that is not a variable write (an expirevar deadline).
+    mutating func touch(_ c: Collection) { writes[c.ordinal] &+= 1 }
 }
 
 /// One request's evaluation state (ModSecurity's Transaction). Confined to one thread.
@@ -363,7 +365,8 @@ public final class Transaction {
     @exclusivity(unchecked) var arenaCapacity = 8192
     @exclusivity(unchecked) var phasesRun = Set<Int>()
     /// Collections opened with initcol (written back after phase 5) and expirevar deadlines.
-    @exclusivity(unchecked) var persisted: [(collection: Collection, key: Bytes)] = []
+    /// `opened`: the collection's write count once loaded (unchanged: nothing to save).
+    @exclusivity(unchecked) var persisted: [(collection: Collection, key: Bytes, opened: UInt32)] = []
     @exclusivity(unchecked) var expiries: [Int: [String: UInt64]] = [:]
 
     public init(ruleSet: RuleSet, requestID: String, clientAddress: String, clientPort: Int = 0,
@@ -568,7 +571,7 @@ public final class Transaction {
     public func processLogging() {
         _ = runPhase(5)
         let now = wallSeconds()
-        for (c, key) in persisted {
+        for (c, key, opened) in persisted where collections.writes[c.ordinal] != opened {
             PersistentStore.shared.save(c, key, collections[c] ?? VarStore(), expiry: expiries[c.ordinal] ?? [:], now: now)
         }
         persisted.removeAll()
@@ -1188,7 +1191,7 @@ public final class Transaction {
             let (store, expiry) = PersistentStore.shared.load(c, key, now: wallSeconds())
             collections[c] = store
             expiries[c.ordinal] = expiry
-            persisted.append((c, key))
+            persisted.append((c, key, collections.writes[c.ordinal]))
         }
     }
 
@@ -1197,6 +1200,7 @@ public final class Transaction {
         for (c, name, seconds) in r.expirevars {
             let s = parseLeadingInt(expand(seconds, rule: r))
             expiries[c.ordinal, default: [:]][keyString(expand(name, rule: r))] = wallSeconds() &+ UInt64(max(0, s))
+            collections.touch(c)
         }
         for c in r.ctls {
             switch c {

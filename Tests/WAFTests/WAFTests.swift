@@ -262,6 +262,17 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
 @Suite struct PrefilterTests {
     func lits(_ p: String) -> [String]? { RegexLiterals.required(Array(p.utf8)).map { $0.map { String(decoding: $0, as: UTF8.self) } } }
 
+    /// `^.*$` is answered without PCRE2: the same as PCRE2 gives for an equivalent pattern.
+    @Test func wholeValuePatternAgreesWithPCRE() throws {
+        let fast = try Regex("^.*$"), slow = try Regex("^(?:.*)$")
+        #expect(fast.matchesWhole && !slow.matchesWhole)
+        for subject in ["", "a", "a\nb", "\n", "x\n", "\u{0}\r\n\t z", "line1\nline2\n"] {
+            let b = Array(subject.utf8)
+            #expect(fast.matches(b) == slow.matches(b))
+            #expect(fast.firstMatch(b, groups: 9) == slow.firstMatch(b, groups: 9), "subject \(b)")
+        }
+    }
+
     @Test func requiredLiteralsOfCommonShapes() {
         #expect(lits("(?i)union\\s+select") == ["select"])
         #expect(lits("abc|def") == ["abc", "def"])
