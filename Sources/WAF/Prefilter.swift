@@ -6,6 +6,12 @@
 /// bits of every rule with a literal in some value of that source. A rule none of whose
 /// sources has its bit set cannot match and is skipped without touching its values.
 ///
+/// Most values are left as they are by most chains (a plain word has nothing to decode or
+/// lowercase), so one value would be scanned byte for byte by twenty automata. Instead a value
+/// a chain leaves unchanged is scanned once, by one automaton over the literals of every group
+/// (`shared`), and each group takes the bits of its own rules from that (`groupMasks`); only a
+/// value a chain changes is scanned by the group's automaton.
+///
 /// Like `FastPlan` it is only a filter: a set bit means "maybe" and the rule runs as before.
 /// It may over-approximate (a value the rule's key selector or exclusions leave out still
 /// counts), never under-approximate: the scan sees exactly the transformed bytes the operator
@@ -32,6 +38,11 @@ final class Prefilter: @unchecked Sendable {
     let groups: [Group]
     /// UInt64 words in one bitset (one bit per prefiltered rule).
     let words: Int
+    /// Every group's literals in one automaton: scans a value once for all the chains that
+    /// leave it unchanged.
+    let shared: LiteralScanner
+    /// Per group, `words` words: the bits of its rules.
+    let groupMasks: [UInt64]
 
     /// Rules that get a prefilter bit, with their literals: (rule, literals).
     static func build(_ candidates: [(Rule, [Bytes])]) -> Prefilter? {
@@ -51,17 +62,23 @@ final class Prefilter: @unchecked Sendable {
             r.prefilterGroup = Int32(g)
             for l in literals { members[g].append((l, Int32(bit))) }
         }
+        let words = (candidates.count + 63) / 64
         var groups: [Group] = []
+        var masks = [UInt64](repeating: 0, count: members.count * words)
         for g in members.indices {
             guard let scanner = LiteralScanner(members[g]) else { return nil }  // too large to pack: no prefilter at all
             groups.append(Group(chainID: chains[g].0, transforms: chains[g].1, scanner: scanner))
+            for (_, bit) in members[g] { masks[g * words + Int(bit) >> 6] |= 1 << UInt64(bit & 63) }
         }
-        return Prefilter(groups: groups, words: (candidates.count + 63) / 64)
+        guard let shared = LiteralScanner(members.flatMap { $0 }) else { return nil }
+        return Prefilter(groups: groups, words: words, shared: shared, groupMasks: masks)
     }
 
-    private init(groups: [Group], words: Int) {
+    private init(groups: [Group], words: Int, shared: LiteralScanner, groupMasks: [UInt64]) {
         self.groups = groups
         self.words = words
+        self.shared = shared
+        self.groupMasks = groupMasks
     }
 
     /// The literals of a rule link, or nil when it cannot be prefiltered: a negated operator, multiMatch,
@@ -127,6 +144,12 @@ final class LiteralScanner: @unchecked Sendable {
     private let outBits: UnsafeMutableBufferPointer<Int32>
     private let rootNext: UnsafeMutableBufferPointer<UInt32>
     private let relevant: UnsafeMutableBufferPointer<Bool>
+    /// Nodes with many edges (the shallow ones of a large automaton) look their edges up in a
+    /// 256-entry row here instead of searching them: such a node has `edgeCount == denseMark`
+    /// and `edgeStart` = its row.
+    private let dense: UnsafeMutableBufferPointer<UInt32>
+    static let denseMark: UInt16 = 0xffff
+    static let denseFrom = 8
 
     /// Nil when the automaton would not fit the packed layout (2^24 nodes, 65,535 edges or outputs per node).
     init?(_ literals: [(Bytes, Int32)]) {
@@ -139,6 +162,9 @@ final class LiteralScanner: @unchecked Sendable {
         let outTotal = out.reduce(0) { $0 + $1.count }
         guard edgeLists.allSatisfy({ $0.count <= 0xffff }), out.allSatisfy({ $0.count <= 0xffff }) else { return nil }
         nodes = .allocate(capacity: edgeLists.count)
+        let denseRows = edgeLists.dropFirst().filter { $0.count >= LiteralScanner.denseFrom }.count
+        dense = .allocate(capacity: max(1, denseRows * 256))
+        _ = dense.initialize(from: repeatElement(0, count: dense.count))
         edges = .allocate(capacity: max(1, edgeTotal))
         outBits = .allocate(capacity: max(1, outTotal))
         rootNext = .allocate(capacity: 256)
@@ -150,19 +176,26 @@ final class LiteralScanner: @unchecked Sendable {
         let order = trie.order
         var newID = [UInt32](repeating: 0, count: edgeLists.count)
         for (i, n) in order.enumerated() { newID[Int(n)] = UInt32(i) }
-        var e = 0, o = 0
+        var e = 0, o = 0, row = 0
         for (i, old) in order.enumerated() {
             let n = Int(old)
-            nodes[i] = Node(edgeStart: UInt32(e), edgeCount: UInt16(edgeLists[n].count), outCount: UInt16(out[n].count),
-                            fail: newID[Int(fail[n])], outStart: UInt32(o))
-            for (c, t) in edgeLists[n] { edges[e] = UInt32(c) << 24 | newID[Int(t)]; e += 1 }
+            if n != 0, edgeLists[n].count >= LiteralScanner.denseFrom {
+                nodes[i] = Node(edgeStart: UInt32(row), edgeCount: LiteralScanner.denseMark, outCount: UInt16(out[n].count),
+                                fail: newID[Int(fail[n])], outStart: UInt32(o))
+                for (c, t) in edgeLists[n] { dense[row << 8 | Int(c)] = newID[Int(t)] }
+                row += 1
+            } else {
+                nodes[i] = Node(edgeStart: UInt32(e), edgeCount: UInt16(edgeLists[n].count), outCount: UInt16(out[n].count),
+                                fail: newID[Int(fail[n])], outStart: UInt32(o))
+                for (c, t) in edgeLists[n] { edges[e] = UInt32(c) << 24 | newID[Int(t)]; e += 1 }
+            }
             for b in out[n] { outBits[o] = b; o += 1 }
         }
         for (c, t) in edgeLists[0] { rootNext[Int(c)] = newID[Int(t)] }
     }
 
     deinit {
-        nodes.deallocate(); edges.deallocate(); outBits.deallocate(); rootNext.deallocate(); relevant.deallocate()
+        nodes.deallocate(); edges.deallocate(); outBits.deallocate(); rootNext.deallocate(); relevant.deallocate(); dense.deallocate()
     }
 
     /// ORs into `bits` the bit of every rule with a literal in `s`.
@@ -174,13 +207,17 @@ final class LiteralScanner: @unchecked Sendable {
             while true {
                 if node == 0 { node = rootNext[Int(c)]; break }
                 let nd = nodes[Int(node)]
-                var k = Int(nd.edgeStart)
-                let end = k + Int(nd.edgeCount)
                 var found: UInt32 = 0
-                while k < end {
-                    let edge = edges[k]
-                    if edge >> 24 == UInt32(c) { found = edge & 0xff_ffff; break }
-                    k += 1
+                if nd.edgeCount == LiteralScanner.denseMark {
+                    found = dense[Int(nd.edgeStart) << 8 | Int(c)]
+                } else {
+                    var k = Int(nd.edgeStart)
+                    let end = k + Int(nd.edgeCount)
+                    while k < end {
+                        let edge = edges[k]
+                        if edge >> 24 == UInt32(c) { found = edge & 0xff_ffff; break }
+                        k += 1
+                    }
                 }
                 if found != 0 { node = found; break }
                 node = nd.fail
@@ -219,7 +256,7 @@ extension Transaction {
     }
 
     /// The offset in `prefilterPool` of the rule bits for (group, slot), scanning on first use.
-    private func prefilterBits(_ pf: Prefilter, group: Int, slot: Int) -> Int {
+    func prefilterBits(_ pf: Prefilter, group: Int, slot: Int) -> Int {
         if prefilterOffsets.isEmpty {
             prefilterOffsets = [Int32](repeating: -1, count: pf.groups.count * Prefilter.slotCount)
         }
@@ -230,8 +267,19 @@ extension Transaction {
         for _ in 0..<pf.words { prefilterPool.append(0) }
         prefilterOffsets[key] = Int32(off)
         let g = pf.groups[group]
+        let words = pf.words
         func scan(_ value: Span, _ id: Int) {
             let tv = g.transforms.isEmpty ? value : transformed(value, id: id, chainID: g.chainID, transforms: g.transforms)
+            if tv == value, usePrefilterSharing {
+                // Unchanged by this chain: the value's shared scan, this group's rules of it.
+                let raw = sharedBits(pf, value, id)
+                pf.groupMasks.withUnsafeBufferPointer { m in
+                    prefilterPool.withUnsafeMutableBufferPointer { p in
+                        for w in 0..<words { p[off + w] |= p[raw + w] & m[group * words + w] }
+                    }
+                }
+                return
+            }
             let buf = buffer(tv)
             prefilterPool.withUnsafeMutableBufferPointer { p in
                 if let base = p.baseAddress { g.scanner.scan(buf, into: base + off) }
@@ -265,6 +313,24 @@ extension Transaction {
         case .proto?: scalar(.proto, proto)
         case .queryString?: scalar(.queryString, queryString)
         case nil: break
+        }
+        return off
+    }
+
+    /// The offset in `prefilterPool` of the shared scan of value `id` (untransformed), scanning
+    /// on first use.
+    private func sharedBits(_ pf: Prefilter, _ value: Span, _ id: Int) -> Int {
+        if id >= sharedScanOffsets.count {
+            sharedScanOffsets.append(contentsOf: repeatElement(-1, count: id + 64 - sharedScanOffsets.count))
+        }
+        let known = sharedScanOffsets[id]
+        if known >= 0 { return Int(known) }
+        let off = prefilterPool.count
+        for _ in 0..<pf.words { prefilterPool.append(0) }
+        sharedScanOffsets[id] = Int32(off)
+        let buf = buffer(value)
+        prefilterPool.withUnsafeMutableBufferPointer { p in
+            if let base = p.baseAddress { pf.shared.scan(buf, into: base + off) }
         }
         return off
     }

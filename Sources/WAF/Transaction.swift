@@ -347,6 +347,10 @@ public final class Transaction {
     @exclusivity(unchecked) var txReadValue: [Span] = []
     /// `ByteSummary.packed` of values by id (0: not computed yet).
     @exclusivity(unchecked) var summaries: [UInt32] = []
+    /// Per value id, the offset in `prefilterPool` of its shared scan (-1: not scanned yet).
+    @exclusivity(unchecked) var sharedScanOffsets: [Int32] = []
+    /// Off only to compare the shared scan with per-group scans (tests).
+    @exclusivity(unchecked) var usePrefilterSharing = true
     /// Off only to compare decisions with and without the prefilter (tests).
     @exclusivity(unchecked) var usePrefilter = true
     /// This thread's PCRE2 match data and JIT stack.
@@ -897,6 +901,7 @@ public final class Transaction {
         guard scalarSpans[k.rawValue].exists else { return }
         scalarSpans[k.rawValue] = .none
         if k.id < summaries.count { summaries[k.id] = 0 }
+        if k.id < sharedScanOffsets.count { sharedScanOffsets[k.id] = -1 }
         // Rare (once per body): drop every cached result of this scalar.
         if cacheSlots != nil { rebuildCache(capacity: cacheCapacity, dropping: k.id) }
     }

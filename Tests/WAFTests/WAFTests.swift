@@ -334,6 +334,35 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
         #expect(checked > 1000)
     }
 
+    /// A value a chain leaves unchanged is scanned once by the shared automaton and masked per
+    /// group: the bits must be exactly those of the group's own automaton, for every group and
+    /// source, on CRS attack payloads and plain values alike.
+    @Test(.enabled(if: CRSTests.rs != nil)) func sharedScanGivesEachGroupItsOwnBits() throws {
+        let rs = try #require(CRSTests.rs)
+        let pf = try #require(rs.prefilter)
+        let values = ["1' OR '1'='1", "<script>alert(1)</script>", "../../etc/passwd", ";cat /etc/passwd", "blue shoes",
+                      "${jndi:ldap://x}", "<?php system('id'); ?>", "SELECT * FROM users", "Mozilla/5.0 (X11; Linux x86_64)",
+                      "text/html,application/xhtml+xml", "session=4f2a9c1e7b", "%2e%2e%2f", "AbC\\x41&amp;", "/bin/bash -c id"]
+        for v in values {
+            let enc = v.utf8.map { String(format: "%%%02X", $0) }.joined()
+            func bits(_ sharing: Bool) -> [[UInt64]] {
+                let tx = Transaction(ruleSet: rs, requestID: "t", clientAddress: "127.0.0.1")
+                tx.usePrefilterSharing = sharing
+                _ = tx.processRequestHeaders(method: "GET", target: "/a/\(enc)?\(enc)=\(enc)&q=\(enc)",
+                                             protocol: "HTTP/1.1", headers: [("Host", "localhost"), ("User-Agent", v), ("X-\(v.count)", v)])
+                var out: [[UInt64]] = []
+                for g in pf.groups.indices {
+                    for s in 0..<Prefilter.slotCount {
+                        let off = tx.prefilterBits(pf, group: g, slot: s)
+                        out.append(Array(tx.prefilterPool[off..<(off + pf.words)]))
+                    }
+                }
+                return out
+            }
+            #expect(bits(true) == bits(false), "\(v)")
+        }
+    }
+
     @Test(.enabled(if: CRSTests.rs != nil)) func prefilterDecidesLikeTheFullEvaluator() throws {
         // The same requests through the CRS with and without the prefilter must match the same rules.
         let rs = try #require(CRSTests.rs)
