@@ -66,11 +66,11 @@ final class Prefilter: @unchecked Sendable {
         var groups: [Group] = []
         var masks = [UInt64](repeating: 0, count: members.count * words)
         for g in members.indices {
-            guard let scanner = LiteralScanner(members[g]) else { return nil }  // too large to pack: no prefilter at all
+            guard let scanner = LiteralScanner(members[g], words: words) else { return nil }  // too large to pack: no prefilter at all
             groups.append(Group(chainID: chains[g].0, transforms: chains[g].1, scanner: scanner))
             for (_, bit) in members[g] { masks[g * words + Int(bit) >> 6] |= 1 << UInt64(bit & 63) }
         }
-        guard let shared = LiteralScanner(members.flatMap { $0 }) else { return nil }
+        guard let shared = LiteralScanner(members.flatMap { $0 }, words: words) else { return nil }
         return Prefilter(groups: groups, words: words, shared: shared, groupMasks: masks)
     }
 
@@ -128,77 +128,106 @@ final class Prefilter: @unchecked Sendable {
 /// has a literal in it (ASCII case folded, as the literals are). Laid out for the cache: one
 /// 16-byte record per node, a node's edges packed next to each other as (byte << 24 | target),
 /// and a table of the bytes that occur in no literal (they always lead back to the root, so
-/// the scan skips the failure chain for them).
+/// the scan skips the failure chain for them). Nodes with many edges — the shallow ones the
+/// scan of ordinary text keeps passing through — get a full row of 256 transitions with the
+/// failure chain already followed. What a node reports is one bitset (its literals' rules and
+/// those of its dictionary suffixes, deduplicated across nodes), ORed in a few words.
 final class LiteralScanner: @unchecked Sendable {
     struct Node {
+        /// Edges: the first index in `edges`; for a dense node, its row in `dense`.
         var edgeStart: UInt32
+        /// Number of edges, or `denseMark`.
         var edgeCount: UInt16
-        var outCount: UInt16
+        /// 1 when the node reports a bitset.
+        var reports: UInt16
         var fail: UInt32
-        var outStart: UInt32
+        /// The node's bitset: words `outSet * words ..< (outSet + 1) * words` of `sets`.
+        var outSet: UInt32
     }
     private let nodes: UnsafeMutableBufferPointer<Node>
     private let edges: UnsafeMutableBufferPointer<UInt32>
-    /// Node n reports the rule bits outBits[outStart ..< outStart + outCount] (its own literals
-    /// and those ending at its dictionary suffixes).
-    private let outBits: UnsafeMutableBufferPointer<Int32>
+    private let sets: UnsafeMutableBufferPointer<UInt64>
     private let rootNext: UnsafeMutableBufferPointer<UInt32>
     private let relevant: UnsafeMutableBufferPointer<Bool>
-    /// Nodes with many edges (the shallow ones of a large automaton) look their edges up in a
-    /// 256-entry row here instead of searching them: such a node has `edgeCount == denseMark`
-    /// and `edgeStart` = its row.
     private let dense: UnsafeMutableBufferPointer<UInt32>
+    /// Words in a rule bitset.
+    let words: Int
     static let denseMark: UInt16 = 0xffff
-    static let denseFrom = 8
+    /// Nodes with at least this many edges get a dense row (1 KiB each).
+    static let denseFrom = 3
 
-    /// Nil when the automaton would not fit the packed layout (2^24 nodes, 65,535 edges or outputs per node).
-    init?(_ literals: [(Bytes, Int32)]) {
+    /// `literals`: (literal, rule bit < 64 * words). Nil when the automaton would not fit the
+    /// packed layout (2^24 nodes).
+    init?(_ literals: [(Bytes, Int32)], words: Int) {
         let trie = AhoCorasickTrie(literals)
         let edgeLists = trie.edges, fail = trie.fail, out = trie.outputs
-        guard edgeLists.count < 1 << 24 else { return nil }
+        guard edgeLists.count < 1 << 24, words > 0 else { return nil }
+        self.words = words
         var seen = [Bool](repeating: false, count: 256)
         for e in edgeLists { for (c, _) in e { seen[Int(c)] = true } }
-        let edgeTotal = edgeLists.reduce(0) { $0 + $1.count }
-        let outTotal = out.reduce(0) { $0 + $1.count }
-        guard edgeLists.allSatisfy({ $0.count <= 0xffff }), out.allSatisfy({ $0.count <= 0xffff }) else { return nil }
+        func isDense(_ n: Int) -> Bool { n != 0 && edgeLists[n].count >= LiteralScanner.denseFrom }
+        let denseRows = edgeLists.indices.filter(isDense).count
+        let edgeTotal = edgeLists.indices.filter { !isDense($0) }.reduce(0) { $0 + edgeLists[$1].count }
+        // Distinct output bitsets.
+        var setIndex: [[UInt64]: Int] = [:]
+        var setList: [[UInt64]] = []
+        var nodeSet = [Int](repeating: -1, count: edgeLists.count)
+        for n in edgeLists.indices where !out[n].isEmpty {
+            var b = [UInt64](repeating: 0, count: words)
+            for bit in out[n] where bit >= 0 && Int(bit) < 64 * words { b[Int(bit) >> 6] |= 1 << UInt64(bit & 63) }
+            if let k = setIndex[b] { nodeSet[n] = k } else { setIndex[b] = setList.count; nodeSet[n] = setList.count; setList.append(b) }
+        }
         nodes = .allocate(capacity: edgeLists.count)
-        let denseRows = edgeLists.dropFirst().filter { $0.count >= LiteralScanner.denseFrom }.count
-        dense = .allocate(capacity: max(1, denseRows * 256))
-        _ = dense.initialize(from: repeatElement(0, count: dense.count))
         edges = .allocate(capacity: max(1, edgeTotal))
-        outBits = .allocate(capacity: max(1, outTotal))
+        sets = .allocate(capacity: max(1, setList.count * words))
         rootNext = .allocate(capacity: 256)
         relevant = .allocate(capacity: 256)
+        dense = .allocate(capacity: max(1, denseRows * 256))
         _ = rootNext.initialize(from: repeatElement(0, count: 256))
         _ = relevant.initialize(from: seen)
+        _ = dense.initialize(from: repeatElement(0, count: dense.count))
+        for (i, b) in setList.enumerated() { for w in 0..<words { sets[i * words + w] = b[w] } }
         // Nodes numbered breadth first: the shallow states a scan of ordinary text keeps
         // returning to sit together in memory.
         let order = trie.order
         var newID = [UInt32](repeating: 0, count: edgeLists.count)
         for (i, n) in order.enumerated() { newID[Int(n)] = UInt32(i) }
-        var e = 0, o = 0, row = 0
+        func child(_ n: Int, _ c: UInt8) -> Int? {
+            for (k, t) in edgeLists[n] where k == c { return Int(t) }
+            return nil
+        }
+        /// The state after reading `c` in state `n`, failure links followed.
+        func step(_ n: Int, _ c: UInt8) -> Int {
+            var x = n
+            while true {
+                if let t = child(x, c) { return t }
+                if x == 0 { return 0 }
+                x = Int(fail[x])
+            }
+        }
+        var e = 0, row = 0
         for (i, old) in order.enumerated() {
             let n = Int(old)
-            if n != 0, edgeLists[n].count >= LiteralScanner.denseFrom {
-                nodes[i] = Node(edgeStart: UInt32(row), edgeCount: LiteralScanner.denseMark, outCount: UInt16(out[n].count),
-                                fail: newID[Int(fail[n])], outStart: UInt32(o))
-                for (c, t) in edgeLists[n] { dense[row << 8 | Int(c)] = newID[Int(t)] }
+            let set = nodeSet[n]
+            if isDense(n) {
+                nodes[i] = Node(edgeStart: UInt32(row), edgeCount: LiteralScanner.denseMark, reports: set >= 0 ? 1 : 0,
+                                fail: newID[Int(fail[n])], outSet: UInt32(max(0, set)))
+                for c in 0..<256 where seen[c] { dense[row << 8 | c] = newID[step(n, UInt8(c))] }
                 row += 1
             } else {
-                nodes[i] = Node(edgeStart: UInt32(e), edgeCount: UInt16(edgeLists[n].count), outCount: UInt16(out[n].count),
-                                fail: newID[Int(fail[n])], outStart: UInt32(o))
+                nodes[i] = Node(edgeStart: UInt32(e), edgeCount: UInt16(edgeLists[n].count), reports: set >= 0 ? 1 : 0,
+                                fail: newID[Int(fail[n])], outSet: UInt32(max(0, set)))
                 for (c, t) in edgeLists[n] { edges[e] = UInt32(c) << 24 | newID[Int(t)]; e += 1 }
             }
-            for b in out[n] { outBits[o] = b; o += 1 }
         }
         for (c, t) in edgeLists[0] { rootNext[Int(c)] = newID[Int(t)] }
     }
 
     deinit {
-        nodes.deallocate(); edges.deallocate(); outBits.deallocate(); rootNext.deallocate(); relevant.deallocate(); dense.deallocate()
+        nodes.deallocate(); edges.deallocate(); sets.deallocate(); rootNext.deallocate(); relevant.deallocate(); dense.deallocate()
     }
 
-    /// ORs into `bits` the bit of every rule with a literal in `s`.
+    /// ORs into `bits` (`words` words) the bit of every rule with a literal in `s`.
     func scan(_ s: UnsafeBufferPointer<UInt8>, into bits: UnsafeMutablePointer<UInt64>) {
         var node: UInt32 = 0
         for raw in s {
@@ -207,30 +236,22 @@ final class LiteralScanner: @unchecked Sendable {
             while true {
                 if node == 0 { node = rootNext[Int(c)]; break }
                 let nd = nodes[Int(node)]
+                if nd.edgeCount == LiteralScanner.denseMark { node = dense[Int(nd.edgeStart) << 8 | Int(c)]; break }
+                var k = Int(nd.edgeStart)
+                let end = k + Int(nd.edgeCount)
                 var found: UInt32 = 0
-                if nd.edgeCount == LiteralScanner.denseMark {
-                    found = dense[Int(nd.edgeStart) << 8 | Int(c)]
-                } else {
-                    var k = Int(nd.edgeStart)
-                    let end = k + Int(nd.edgeCount)
-                    while k < end {
-                        let edge = edges[k]
-                        if edge >> 24 == UInt32(c) { found = edge & 0xff_ffff; break }
-                        k += 1
-                    }
+                while k < end {
+                    let edge = edges[k]
+                    if edge >> 24 == UInt32(c) { found = edge & 0xff_ffff; break }
+                    k += 1
                 }
                 if found != 0 { node = found; break }
                 node = nd.fail
             }
             let nd = nodes[Int(node)]
-            if nd.outCount != 0 {
-                var o = Int(nd.outStart)
-                let oe = o + Int(nd.outCount)
-                while o < oe {
-                    let b = Int(outBits[o])
-                    bits[b >> 6] |= 1 << UInt64(b & 63)
-                    o += 1
-                }
+            if nd.reports != 0 {
+                let base = Int(nd.outSet) * words
+                for w in 0..<words { bits[w] |= sets[base + w] }
             }
         }
     }
