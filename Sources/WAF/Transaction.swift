@@ -858,7 +858,7 @@ public final class Transaction {
         cacheCapacity = capacity
         cacheUsed = 0
         if let old {
-            for j in 0..<oldCapacity where old[j].key != -1 && old[j].key &>> 16 != id { cacheInsert(old[j].key, old[j].span) }
+            for j in 0..<oldCapacity where old[j].key != -1 && Transaction.cacheKeyID(old[j].key) != id { cacheInsert(old[j].key, old[j].span) }
             old.deallocate()
         }
     }
@@ -867,22 +867,52 @@ public final class Transaction {
     /// a step that changes it: a plain value is never copied, a changed one only by the steps
     /// that change it. `id` (-1: none) keys the summary of the untransformed value, which every
     /// chain over the same value shares.
+    ///
+    /// What a chain does to a value is the sequence of the steps that changed it — its path:
+    /// `t:urlDecodeUni,t:lowercase` and `t:lowercase` do the same to a value without `%`. Each
+    /// intermediate result is cached under (value id, path), so chains that differ only in
+    /// steps that do nothing, or that share a prefix, transform a value once.
     func applyTransforms(_ s: Span, _ transforms: [Transform], id: Int) -> Span {
         var summary = self.summary(s, id: id)
         var k = 0
         while k < transforms.count, transforms[k].unchanged(summary) { k += 1 }
         if k == transforms.count { return s }
-        let original = bytes(s)
-        var cur = original
+        // Paths are packed six bits a step, at most seven steps, next to the value id.
+        let cachePaths = id >= 0 && id < Transaction.pathIDLimit
+        var path = 0, depth = 0
+        var cur = s
+        // `cur`'s bytes as an array when the last step made them (saves copying them back out).
+        var curBytes: Bytes?
         while k < transforms.count {
-            if !transforms[k].unchanged(summary) {
-                cur = transforms[k].apply(cur)
-                if k + 1 < transforms.count { summary = cur.withUnsafeBufferPointer { ByteSummary($0) } }
-            }
+            let t = transforms[k]
             k += 1
+            if t.unchanged(summary) { continue }
+            depth += 1
+            path = path << 6 | t.code
+            let key = cachePaths && depth <= 7 ? Transaction.pathKey(id, path) : -1
+            if key != -1, let hit = cacheLookup(key) {
+                cur = hit
+                curBytes = nil
+            } else {
+                let before = curBytes ?? bytes(cur)
+                let next = t.apply(before)
+                if next != before { cur = store(next) }
+                curBytes = next
+                if key != -1 { cacheInsert(key, cur) }
+            }
+            if k < transforms.count {
+                summary = curBytes.map { b in b.withUnsafeBufferPointer { ByteSummary($0) } } ?? ByteSummary(buffer(cur))
+            }
         }
-        return cur == original ? s : store(cur)
+        return cur
     }
+
+    /// Value ids below this have their transformation paths cached.
+    static let pathIDLimit = 1 << 20
+    /// Cache key of (value id, path): bit 62 set, apart from the (id << 16 | chain) keys.
+    @inline(__always) static func pathKey(_ id: Int, _ path: Int) -> Int { 1 << 62 | id << 42 | path }
+    /// The value id a cache key belongs to.
+    @inline(__always) static func cacheKeyID(_ key: Int) -> Int { key & (1 << 62) != 0 ? (key & ~(1 << 62)) >> 42 : key >> 16 }
 
     /// The byte summary of a value, computed once per value id.
     @inline(__always) func summary(_ s: Span, id: Int) -> ByteSummary {

@@ -10,6 +10,50 @@ enum Transform: String, Sendable, CaseIterable {
     case base64Decode, base64DecodeExt, base64Encode, hexEncode, hexDecode, sha1, length, trim, trimLeft, trimRight
     case escapeSeqDecode, sqlHexDecode, parityEven7bit, parityOdd7bit, parityZero7bit
 
+    /// A small number per transformation (1 ..< 64): steps of a transformation path are packed
+    /// six bits each (`Transaction.applyTransforms`).
+    var code: Int {
+        switch self {
+        case .none: return 1
+        case .lowercase: return 2
+        case .uppercase: return 3
+        case .urlDecode: return 4
+        case .urlDecodeUni: return 5
+        case .urlEncode: return 6
+        case .htmlEntityDecode: return 7
+        case .jsDecode: return 8
+        case .cssDecode: return 9
+        case .utf8toUnicode: return 10
+        case .removeNulls: return 11
+        case .replaceNulls: return 12
+        case .removeWhitespace: return 13
+        case .compressWhitespace: return 14
+        case .cmdLine: return 15
+        case .replaceComments: return 16
+        case .removeComments: return 17
+        case .removeCommentsChar: return 18
+        case .normalisePath: return 19
+        case .normalizePath: return 20
+        case .normalisePathWin: return 21
+        case .normalizePathWin: return 22
+        case .base64Decode: return 23
+        case .base64DecodeExt: return 24
+        case .base64Encode: return 25
+        case .hexEncode: return 26
+        case .hexDecode: return 27
+        case .sha1: return 28
+        case .length: return 29
+        case .trim: return 30
+        case .trimLeft: return 31
+        case .trimRight: return 32
+        case .escapeSeqDecode: return 33
+        case .sqlHexDecode: return 34
+        case .parityEven7bit: return 35
+        case .parityOdd7bit: return 36
+        case .parityZero7bit: return 37
+        }
+    }
+
     static func named(_ s: String) -> Transform? {
         let l = s.asciiLowercased
         return allCases.first { $0.rawValue.asciiLowercased == l }

@@ -363,6 +363,37 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
         }
     }
 
+    /// Transformation results come from a cache keyed by chain and by path (the steps that
+    /// changed the value): whatever order the CRS's chains ask in, each result is the plain
+    /// step-by-step application of its chain.
+    @Test(.enabled(if: CRSTests.rs != nil)) func cachedTransformationsEqualPlainApplication() throws {
+        let rs = try #require(CRSTests.rs)
+        var chains: [Int: [Transform]] = [:]
+        for p in 1...5 {
+            for r in rs.phases[p] where !r.isMarker {
+                var link: Rule? = r
+                while let l = link { chains[l.transformChainID] = l.transforms; link = l.chained }
+            }
+        }
+        #expect(chains.count > 10)
+        let values = ["1' OR '1'='1", "<script>alert(1)</script>", "..%2F..%2Fetc%2Fpasswd", ";cat /etc/passwd", "blue shoes",
+                      "%24%7Bjndi:ldap://x%7D", "&lt;img src=x onerror=alert(1)&gt;", "SELECT/**/*/**/FROM users", "Mozilla/5.0 (X11)",
+                      "\\u0041\\x42%u0043", "A\u{0}B  C\tD", "/a/./b/../c//d", "QUFBQQ==", "C:\\Windows\\..\\x", "plain"]
+        let tx = Transaction(ruleSet: rs, requestID: "t", clientAddress: "127.0.0.1")
+        let entries = values.map { tx.entry(Array("k".utf8), Array($0.utf8)) }
+        // Twice, in opposite orders: the second pass answers from the cache.
+        for order in [Array(chains.keys.sorted()), Array(chains.keys.sorted().reversed())] {
+            for e in entries {
+                for id in order {
+                    let chain = chains[id] ?? []
+                    let plain = chain.reduce(tx.bytes(e.value)) { $1.apply($0) }
+                    let got = tx.bytes(tx.transformed(e.value, id: e.id, chainID: id, transforms: chain))
+                    #expect(got == plain, "chain \(chain.map(\.rawValue)) on \(String(decoding: tx.bytes(e.value), as: UTF8.self))")
+                }
+            }
+        }
+    }
+
     @Test(.enabled(if: CRSTests.rs != nil)) func prefilterDecidesLikeTheFullEvaluator() throws {
         // The same requests through the CRS with and without the prefilter must match the same rules.
         let rs = try #require(CRSTests.rs)
