@@ -41,6 +41,10 @@ enum RunCommand {
             let admin = try AdminServer(address: loaded.config.admin.address) { method, path in
                 controller.admin(method: method, path: path)
             }
+            controller.installSignalsAndWatcher()
+            // Building a rule set (parsing, automata) and listing the rule files to watch (which
+            // reads them) free megabytes of scratch: hand those pages back before serving.
+            _ = clinux_malloc_trim()
             try server.start()
             try admin.start()
             shared.setState(.live)
@@ -49,7 +53,6 @@ enum RunCommand {
             Diagnostics.log(.error, "cannot start: \(error)")
             exit(1)
         }
-        controller.installSignalsAndWatcher()
         // After a moment, so the workers have faulted in what they run; the heap pages freed
         // after building the filters (rule-set parsing) go back too.
         DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(500)) {
