@@ -20,13 +20,16 @@ public final class RuleSet: @unchecked Sendable {
     let prefilter: Prefilter?
     /// The TX keys the rules name, numbered at load (`VarStore.fixed`).
     let txKeys: TxKeyTable
+    /// Per transformation chain (`Rule.transformChainID`), `Transform.triggers` of the chain.
+    let chainTriggers: [UInt32]
     /// The ids of TX:0 … TX:9 (-1: no rule names it).
     let captureKeyIDs: [Int]
 
     init(settings: EngineSettings, phases: [[Rule]], markers: [[String: Int]], defaultDisruptive: [Disruptive],
-         defaultLog: [Bool], rulesByID: [Int: Rule], files: [String], warnings: [RuleDiagnostic], prefilter: Prefilter?, txKeys: TxKeyTable) {
+         defaultLog: [Bool], rulesByID: [Int: Rule], files: [String], warnings: [RuleDiagnostic], prefilter: Prefilter?, txKeys: TxKeyTable, chainTriggers: [UInt32]) {
         self.settings = settings; self.phases = phases; self.markers = markers; self.prefilter = prefilter
         self.txKeys = txKeys
+        self.chainTriggers = chainTriggers
         captureKeyIDs = (0...9).map { txKeys.ids[String($0)] ?? -1 }
         self.defaultDisruptive = defaultDisruptive; self.defaultLog = defaultLog
         self.rulesByID = rulesByID; self.ruleCount = rulesByID.count; self.files = files; self.warnings = warnings
@@ -766,6 +769,7 @@ final class Loader {
         }
         var markers: [[String: Int]] = Array(repeating: [:], count: 6)
         var chains: [String: Int] = [:]
+        var chainTriggers: [UInt32] = []
         for p in 1...5 {
             for (i, r) in phases[p].enumerated() {
                 r.index = i
@@ -773,7 +777,10 @@ final class Loader {
                 var link: Rule? = r
                 while let l = link {
                     let key = l.transforms.map(\.rawValue).joined(separator: ",")
-                    if let id = chains[key] { l.transformChainID = id } else { l.transformChainID = chains.count; chains[key] = chains.count }
+                    if let id = chains[key] { l.transformChainID = id } else {
+                        l.transformChainID = chains.count; chains[key] = chains.count
+                        chainTriggers.append(Transform.triggers(l.transforms))
+                    }
                     link = l.chained
                 }
             }
@@ -813,7 +820,7 @@ final class Loader {
         RegexScratch.matchLimit = max(RegexScratch.matchLimit, settings.pcreMatchLimit)
         return .success(RuleSet(settings: settings, phases: phases, markers: markers, defaultDisruptive: defaultDisruptive,
                                 defaultLog: defaultLog, rulesByID: byID, files: files, warnings: warnings,
-                                prefilter: prefilter, txKeys: txKeys))
+                                prefilter: prefilter, txKeys: txKeys, chainTriggers: chainTriggers))
     }
 
     /// ModSecurity compares tags for removal as a regex; CRS uses plain names.

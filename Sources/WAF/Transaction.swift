@@ -814,6 +814,8 @@ public final class Transaction {
     /// The same for a transformation chain given by its id and steps.
     func transformed(_ value: Span, id: Int, chainID: Int, transforms: [Transform]) -> Span {
         guard id >= 0 else { return applyTransforms(value, transforms, id: -1) }
+        // Most values pass most chains unchanged: one AND decides that, before the cache.
+        if chainID < rs.chainTriggers.count, summary(value, id: id).packed & rs.chainTriggers[chainID] == 0 { return value }
         let key = id &<< 16 | chainID
         if let hit = cacheLookup(key) { return hit }
         let result = applyTransforms(value, transforms, id: id)

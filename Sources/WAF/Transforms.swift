@@ -61,27 +61,35 @@ enum Transform: String, Sendable, CaseIterable {
 
     /// True when `apply` would return a value with this summary unchanged; false when unsure.
     /// Most request values are plain text that most transformations leave alone, and this lets
-    /// a chain skip copying them out of the arena. Each test mirrors the early return of the
-    /// transformation it stands for.
-    func unchanged(_ v: ByteSummary) -> Bool {
+    /// a chain skip copying them out of the arena.
+    @inline(__always) func unchanged(_ v: ByteSummary) -> Bool { v.packed & triggers == 0 }
+
+    /// The `ByteSummary.packed` bits in whose presence this step may change a value; a value
+    /// with none of them passes unchanged. Each mirrors the early return of the transformation
+    /// it stands for. `alwaysBit` (set in every summary): may change any value.
+    var triggers: UInt32 {
+        func bits(_ k: ByteSummary.Kind) -> UInt32 { UInt32(k.rawValue) }
         switch self {
-        case .none: return true
-        case .lowercase: return !v.has(.upper)
-        case .uppercase: return !v.has(.lowerLetter)
-        case .urlDecode, .urlDecodeUni: return !v.has(.percentOrPlus)
-        case .htmlEntityDecode: return !v.has(.ampersand)
-        case .jsDecode, .cssDecode: return !v.has(.backslash)
-        case .utf8toUnicode, .parityZero7bit, .parityEven7bit, .parityOdd7bit: return !v.has(.high)
-        case .removeNulls, .replaceNulls: return !v.has(.nul)
-        case .removeWhitespace: return !v.has(.space)
-        case .compressWhitespace: return !v.has(.irregularSpace)
-        case .cmdLine: return !v.has(.cmdLineSpecial) && !v.has(.upper)
-        case .replaceComments: return !v.has(.slash)
-        case .normalisePath, .normalizePath: return !v.has(.slash) && !v.isSingleDot
-        case .normalisePathWin, .normalizePathWin: return !v.has(.slash) && !v.has(.backslash) && !v.isSingleDot
-        default: return false
+        case .none: return 0
+        case .lowercase: return bits(.upper)
+        case .uppercase: return bits(.lowerLetter)
+        case .urlDecode, .urlDecodeUni: return bits(.percentOrPlus)
+        case .htmlEntityDecode: return bits(.ampersand)
+        case .jsDecode, .cssDecode: return bits(.backslash)
+        case .utf8toUnicode, .parityZero7bit, .parityEven7bit, .parityOdd7bit: return bits(.high)
+        case .removeNulls, .replaceNulls: return bits(.nul)
+        case .removeWhitespace: return bits(.space)
+        case .compressWhitespace: return bits(.irregularSpace)
+        case .cmdLine: return bits([.cmdLineSpecial, .upper])
+        case .replaceComments: return bits(.slash)
+        case .normalisePath, .normalizePath: return bits(.slash) | ByteSummary.singleDotBit
+        case .normalisePathWin, .normalizePathWin: return bits([.slash, .backslash]) | ByteSummary.singleDotBit
+        default: return ByteSummary.alwaysBit
         }
     }
+
+    /// The triggers of a whole chain: a value with none of them passes every step unchanged.
+    static func triggers(_ chain: [Transform]) -> UInt32 { chain.reduce(0) { $0 | $1.triggers } }
 
     func apply(_ b: Bytes) -> Bytes {
         switch self {
@@ -589,11 +597,13 @@ struct ByteSummary {
         kinds = Kind(rawValue: bits)
     }
 
-    /// The summary in 32 bits (bit 31 set: never 0, so 0 can mean "not computed").
-    var packed: UInt32 { UInt32(kinds.rawValue) | (isSingleDot ? 1 << 16 : 0) | 1 << 31 }
+    static let singleDotBit: UInt32 = 1 << 16
+    static let alwaysBit: UInt32 = 1 << 31
+    /// The summary in 32 bits (`alwaysBit` set: never 0, so 0 can mean "not computed").
+    var packed: UInt32 { UInt32(kinds.rawValue) | (isSingleDot ? ByteSummary.singleDotBit : 0) | ByteSummary.alwaysBit }
     init(packed p: UInt32) {
         kinds = Kind(rawValue: UInt16(truncatingIfNeeded: p))
-        isSingleDot = p & (1 << 16) != 0
+        isSingleDot = p & ByteSummary.singleDotBit != 0
     }
 
     static let table: [UInt16] = (0..<256).map { i -> UInt16 in
