@@ -267,10 +267,14 @@ extension Transaction {
         let bit = Int(r.prefilterBit)
         let word = bit >> 6, mask: UInt64 = 1 << UInt64(bit & 63)
         var slots = r.prefilterSlots
+        let group = Int(r.prefilterGroup)
         while slots != 0 {
             let s = slots.trailingZeroBitCount
             slots &= slots - 1
-            let off = prefilterBits(pf, group: Int(r.prefilterGroup), slot: s)
+            // The (group, slot) pair is usually scanned already: look its offset up here.
+            let key = group * Prefilter.slotCount + s
+            let known = key < prefilterOffsets.count ? Int(prefilterOffsets[key]) : -1
+            let off = known >= 0 ? known : prefilterBits(pf, group: group, slot: s)
             if prefilterPool[off + word] & mask != 0 { return true }
         }
         return false
