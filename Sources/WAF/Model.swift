@@ -293,6 +293,10 @@ final class Rule: @unchecked Sendable {
     @exclusivity(unchecked) var chained: Rule?
     @exclusivity(unchecked) var marker: String?
     @exclusivity(unchecked) var file = ""
+    /// The fixed parts of this rule's audit text (`RuleMatch.headText`/`tailText`), JSON-escaped
+    /// at load: every match of the rule copies them instead of escaping them again.
+    @exclusivity(unchecked) var auditHead: [UInt8] = []
+    @exclusivity(unchecked) var auditTail: [UInt8] = []
     @exclusivity(unchecked) var line = 0
     @exclusivity(unchecked) var isChainLink = false
     /// Index of this rule in its phase list (set at finalize).

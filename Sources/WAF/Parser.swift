@@ -790,6 +790,9 @@ final class Loader {
         for p in 1...5 {
             for r in phases[p] where !r.isMarker {
                 r.skipAfterIndex = r.skipAfter.flatMap { markers[p][$0] }
+                JSONEscape.append(RuleMatch.headText(file: r.file, line: r.line, id: r.id, rev: r.rev), to: &r.auditHead)
+                JSONEscape.append(RuleMatch.tailText(severity: r.severity, ver: r.ver, maturity: r.maturity, accuracy: r.accuracy, tags: r.tags),
+                                  to: &r.auditTail)
                 var link: Rule? = r
                 while let l = link {
                     l.fast = FastPlan(targets: l.targets, exclusions: l.exclusions, op: l.op, multiMatch: l.multiMatch, intern: intern)

@@ -10,74 +10,6 @@ public struct Intervention: Sendable, Equatable {
     public var phase: Int
 }
 
-/// One matched rule, for the audit log, metrics and span events.
-public struct RuleMatch: Sendable {
-    public var id: Int
-    public var phase: Int
-    public var msg: String
-    public var data: String
-    public var severity: Int?
-    public var tags: [String]
-    public var ver: String?
-    public var rev: String?
-    public var maturity: String?
-    public var accuracy: String?
-    public var file: String
-    public var line: Int
-    public var matchedVarName: String
-    public var matchedVar: String
-    public var operatorName: String
-    public var operatorParam: String
-    /// Whether this match disrupted the request (enforced deny/drop/redirect).
-    public var disruptive: Bool
-    public var log: Bool
-
-    /// ModSecurity's message text: `... [id "942100"] [msg "..."] [data "..."] [severity "2"] ...`.
-    public func modsecText(uri: String, uniqueID: String, hostname: String) -> String {
-        var s = ""
-        writeModsecText(uri: uri, uniqueID: uniqueID, hostname: hostname) { s += $0 }
-        return s
-    }
-
-    /// The same text handed out in pieces, so a caller can escape it straight into its own
-    /// buffer (the audit log) without building the String first.
-    public func writeModsecText(uri: String, uniqueID: String, hostname: String, _ emit: (String) -> Void) {
-        emit(disruptive ? "ModSecurity: Access denied. " : "ModSecurity: Warning. ")
-        if operatorName == "unconditionalMatch" || matchedVarName.isEmpty {
-            emit("Unconditional match in SecAction. ")
-        } else {
-            emit("Matched \"Operator `"); emit(operatorName); emit("' with parameter `"); emit(RuleMatch.clip(operatorParam, 200))
-            emit("' against variable `"); emit(matchedVarName); emit("' (Value: `"); emit(RuleMatch.clip(matchedVar, 200)); emit("' ) ")
-        }
-        emit("[file \""); emit(file); emit("\"] [line \""); emit(String(line)); emit("\"] [id \""); emit(String(id))
-        emit("\"] [rev \""); emit(rev ?? ""); emit("\"] [msg \""); emit(RuleMatch.esc(msg)); emit("\"] [data \""); emit(RuleMatch.esc(data))
-        emit("\"] [severity \""); emit(severity.map(String.init) ?? "0"); emit("\"] [ver \""); emit(ver ?? "")
-        emit("\"] [maturity \""); emit(maturity ?? "0"); emit("\"] [accuracy \""); emit(accuracy ?? "0"); emit("\"] ")
-        for t in tags { emit("[tag \""); emit(RuleMatch.esc(t)); emit("\"] ") }
-        emit("[hostname \""); emit(hostname); emit("\"] [uri \""); emit(RuleMatch.esc(uri)); emit("\"] [unique_id \""); emit(uniqueID); emit("\"]")
-    }
-
-    /// At most `n` bytes, cut at a character boundary, "..." marking a cut. Bytes, not
-    /// characters: counting characters of a long regex parameter for every audit line cost
-    /// more than writing the line.
-    static func clip(_ s: String, _ n: Int) -> String {
-        let u = s.utf8
-        if u.count <= n { return s }
-        var end = u.index(u.startIndex, offsetBy: n)
-        while end > u.startIndex, u[end] & 0xC0 == 0x80 { end = u.index(before: end) }
-        return String(decoding: u[..<end], as: UTF8.self) + "..."
-    }
-    static func esc(_ s: String) -> String { s.utf8.contains(34) ? s.replacingAll("\"", "\\\"") : s }
-}
-
-extension String {
-    func replacingAll(_ a: Character, _ b: String) -> String {
-        var out = ""
-        for c in self { if c == a { out += b } else { out.append(c) } }
-        return out
-    }
-}
-
 /// A run of bytes in the transaction's arena (`count < 0`: absent). Plain integers, so the
 /// values rules look at move through the evaluator without reference counting.
 struct Span: Equatable {
@@ -646,7 +578,8 @@ public final class Transaction {
                           data: r.logdata.map { String(latin1: expand($0, rule: r)) } ?? "",
                           severity: r.severity, tags: r.tags, ver: r.ver, rev: r.rev, maturity: r.maturity, accuracy: r.accuracy,
                           file: r.file, line: r.line, matchedVarName: String(latin1: matchedVarName), matchedVar: string(matchedVar),
-                          operatorName: lastOperatorName, operatorParam: lastOperatorParamText ?? String(latin1: lastOperatorParam), disruptive: disruptive, log: log || disruptive)
+                          operatorName: lastOperatorName, operatorParam: lastOperatorParamText ?? String(latin1: lastOperatorParam), disruptive: disruptive, log: log || disruptive,
+                          escapedHead: r.auditHead, escapedTail: r.auditTail)
         matches.append(m)
     }
     @exclusivity(unchecked) var lastOperatorName = ""

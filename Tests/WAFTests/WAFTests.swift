@@ -394,6 +394,24 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
         }
     }
 
+    /// The audit log's message is ModSecurity's text JSON-escaped, with each rule's fixed parts
+    /// escaped once at load: the same bytes as escaping the whole text per match.
+    @Test(.enabled(if: CRSTests.rs != nil)) func auditJSONIsTheEscapedModSecurityText() throws {
+        let rs = try #require(CRSTests.rs)
+        let tx = Transaction(ruleSet: rs, requestID: "t\"1", clientAddress: "127.0.0.1")
+        _ = tx.processRequestHeaders(method: "GET", target: "/?q=%3Cscript%3Ealert(%22x%22)%3C/script%3E&id=1%27%20or%20%271%27=%271",
+                                     protocol: "HTTP/1.1", headers: [("Host", "localhost"), ("User-Agent", "curl\t\"x\"")])
+        _ = tx.processRequestBody()
+        #expect(tx.matches.count > 3)
+        for m in tx.matches {
+            var fast: [UInt8] = [], plain: [UInt8] = []
+            m.appendModsecJSON(to: &fast, uri: "/a\"b", uniqueID: "t\"1", hostname: "h\\")
+            JSONEscape.append(m.modsecText(uri: "/a\"b", uniqueID: "t\"1", hostname: "h\\"), to: &plain)
+            #expect(!m.escapedHead.isEmpty && !m.escapedTail.isEmpty)
+            #expect(fast == plain, "rule \(m.id)")
+        }
+    }
+
     @Test(.enabled(if: CRSTests.rs != nil)) func prefilterDecidesLikeTheFullEvaluator() throws {
         // The same requests through the CRS with and without the prefilter must match the same rules.
         let rs = try #require(CRSTests.rs)

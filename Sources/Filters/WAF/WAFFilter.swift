@@ -174,7 +174,7 @@ final class WAFFilter: HTTPFilter {
             JSONText.raw(",\"rule_id\":\(m.id),\"phase\":\(m.phase),\"severity\":\(m.severity ?? 0),\"disruptive\":\(m.disruptive),\"mode\":", to: &out)
             JSONText.append(mode, to: &out)
             JSONText.raw(",\"message\":\"", to: &out)
-            m.writeModsecText(uri: uri, uniqueID: context.requestID, hostname: host) { JSONText.escape($0, to: &out) }
+            m.appendModsecJSON(to: &out, uri: uri, uniqueID: context.requestID, hostname: host)
             JSONText.raw("\"", to: &out)
             JSONText.raw("}\n", to: &out)
             context.addSpanEvent("waf.rule_match", attributes: [
@@ -189,8 +189,6 @@ final class WAFFilter: HTTPFilter {
 
 /// JSON text built as UTF-8 bytes.
 enum JSONText {
-    static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
-
     /// Appends `s` as a JSON string (quoted, escaped).
     static func append(_ s: String, to out: inout [UInt8]) {
         out.append(34)
@@ -198,30 +196,8 @@ enum JSONText {
         out.append(34)
     }
 
-    /// Appends the inside of a JSON string for `s`; runs that need no escape are copied whole.
-    static func escape(_ s: String, to out: inout [UInt8]) {
-        var s = s
-        s.withUTF8 { u in
-            var run = 0
-            for i in 0..<u.count {
-                let c = u[i]
-                if c >= 0x20 && c != 34 && c != 92 && c != 0x7f { continue }
-                if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: u[run..<i])) }
-                run = i + 1
-                out.append(92)
-                switch c {
-                case 34, 92: out.append(c)
-                case 10: out.append(110)
-                case 13: out.append(114)
-                case 9: out.append(116)
-                default:
-                    out.append(117); out.append(48); out.append(48)
-                    out.append(hexDigits[Int(c >> 4)]); out.append(hexDigits[Int(c & 15)])
-                }
-            }
-            if run < u.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: u[run...])) }
-        }
-    }
+    /// Appends the inside of a JSON string for `s`.
+    static func escape(_ s: String, to out: inout [UInt8]) { JSONEscape.append(s, to: &out) }
 
     /// Appends text that is already JSON.
     static func raw(_ s: String, to out: inout [UInt8]) {

@@ -1,0 +1,139 @@
+// ModSecurity's text for a matched rule, and the JSON form the audit log writes.
+
+/// One matched rule, for the audit log, metrics and span events.
+public struct RuleMatch: Sendable {
+    public var id: Int
+    public var phase: Int
+    public var msg: String
+    public var data: String
+    public var severity: Int?
+    public var tags: [String]
+    public var ver: String?
+    public var rev: String?
+    public var maturity: String?
+    public var accuracy: String?
+    public var file: String
+    public var line: Int
+    public var matchedVarName: String
+    public var matchedVar: String
+    public var operatorName: String
+    public var operatorParam: String
+    /// Whether this match disrupted the request (enforced deny/drop/redirect).
+    public var disruptive: Bool
+    public var log: Bool
+    /// The rule's fixed parts of the text, JSON-escaped once at load (`Rule.auditHead/Tail`);
+    /// empty: build them here.
+    var escapedHead: [UInt8] = []
+    var escapedTail: [UInt8] = []
+
+    /// ModSecurity's message text: `... [id "942100"] [msg "..."] [data "..."] [severity "2"] ...`.
+    public func modsecText(uri: String, uniqueID: String, hostname: String) -> String {
+        var s = ""
+        writeModsecText(uri: uri, uniqueID: uniqueID, hostname: hostname) { s += $0 }
+        return s
+    }
+
+    /// The same text handed out in pieces.
+    public func writeModsecText(uri: String, uniqueID: String, hostname: String, _ emit: (String) -> Void) {
+        emit(leadText)
+        emit(RuleMatch.headText(file: file, line: line, id: id, rev: rev))
+        emit("[msg \""); emit(RuleMatch.esc(msg)); emit("\"] [data \""); emit(RuleMatch.esc(data)); emit("\"] ")
+        emit(RuleMatch.tailText(severity: severity, ver: ver, maturity: maturity, accuracy: accuracy, tags: tags))
+        emit("[hostname \""); emit(hostname); emit("\"] [uri \""); emit(RuleMatch.esc(uri)); emit("\"] [unique_id \""); emit(uniqueID); emit("\"]")
+    }
+
+    /// The text JSON-escaped (no quotes) onto `out`: the audit log's `message`. The rule's fixed
+    /// parts are copied as escaped at load; only what this request contributed is escaped here.
+    public func appendModsecJSON(to out: inout [UInt8], uri: String, uniqueID: String, hostname: String) {
+        JSONEscape.append(leadText, to: &out)
+        if escapedHead.isEmpty { JSONEscape.append(RuleMatch.headText(file: file, line: line, id: id, rev: rev), to: &out) }
+        else { out.append(contentsOf: escapedHead) }
+        JSONEscape.append("[msg \"", to: &out); JSONEscape.append(RuleMatch.esc(msg), to: &out)
+        JSONEscape.append("\"] [data \"", to: &out); JSONEscape.append(RuleMatch.esc(data), to: &out)
+        JSONEscape.append("\"] ", to: &out)
+        if escapedTail.isEmpty {
+            JSONEscape.append(RuleMatch.tailText(severity: severity, ver: ver, maturity: maturity, accuracy: accuracy, tags: tags), to: &out)
+        } else { out.append(contentsOf: escapedTail) }
+        JSONEscape.append("[hostname \"", to: &out); JSONEscape.append(hostname, to: &out)
+        JSONEscape.append("\"] [uri \"", to: &out); JSONEscape.append(RuleMatch.esc(uri), to: &out)
+        JSONEscape.append("\"] [unique_id \"", to: &out); JSONEscape.append(uniqueID, to: &out)
+        JSONEscape.append("\"]", to: &out)
+    }
+
+    /// "ModSecurity: Warning. Matched "Operator `rx' with parameter `...' against variable ...".
+    var leadText: String {
+        var s = disruptive ? "ModSecurity: Access denied. " : "ModSecurity: Warning. "
+        if operatorName == "unconditionalMatch" || matchedVarName.isEmpty {
+            s += "Unconditional match in SecAction. "
+        } else {
+            s += "Matched \"Operator `" + operatorName + "' with parameter `" + RuleMatch.clip(operatorParam, 200)
+            s += "' against variable `" + matchedVarName + "' (Value: `" + RuleMatch.clip(matchedVar, 200) + "' ) "
+        }
+        return s
+    }
+
+    /// `[file "…"] [line "…"] [id "…"] [rev "…"] `: fixed per rule.
+    static func headText(file: String, line: Int, id: Int, rev: String?) -> String {
+        "[file \"\(file)\"] [line \"\(line)\"] [id \"\(id)\"] [rev \"\(rev ?? "")\"] "
+    }
+
+    /// `[severity "…"] [ver "…"] [maturity "…"] [accuracy "…"] [tag "…"] …`: fixed per rule.
+    static func tailText(severity: Int?, ver: String?, maturity: String?, accuracy: String?, tags: [String]) -> String {
+        var s = "[severity \"\(severity.map(String.init) ?? "0")\"] [ver \"\(ver ?? "")\"] "
+        s += "[maturity \"\(maturity ?? "0")\"] [accuracy \"\(accuracy ?? "0")\"] "
+        for t in tags { s += "[tag \"" + esc(t) + "\"] " }
+        return s
+    }
+
+    /// At most `n` bytes, cut at a character boundary, "..." marking a cut. Bytes, not
+    /// characters: counting characters of a long regex parameter for every audit line cost
+    /// more than writing the line.
+    static func clip(_ s: String, _ n: Int) -> String {
+        let u = s.utf8
+        if u.count <= n { return s }
+        var end = u.index(u.startIndex, offsetBy: n)
+        while end > u.startIndex, u[end] & 0xC0 == 0x80 { end = u.index(before: end) }
+        return String(decoding: u[..<end], as: UTF8.self) + "..."
+    }
+    static func esc(_ s: String) -> String { s.utf8.contains(34) ? s.replacingAll("\"", "\\\"") : s }
+}
+
+extension String {
+    func replacingAll(_ a: Character, _ b: String) -> String {
+        var out = ""
+        for c in self { if c == a { out += b } else { out.append(c) } }
+        return out
+    }
+}
+
+/// JSON string escaping, for the audit log's JSON lines: quote, backslash and control bytes escaped,
+/// runs that need nothing copied whole.
+public enum JSONEscape {
+    public static func append(_ s: String, to out: inout [UInt8]) {
+        var s = s
+        s.withUTF8 { append($0, to: &out) }
+    }
+
+    public static func append(_ u: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
+        var run = 0
+        for i in 0..<u.count {
+            let c = u[i]
+            if c >= 0x20 && c != 34 && c != 92 && c != 0x7f { continue }
+            if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: u[run..<i])) }
+            run = i + 1
+            out.append(92)
+            switch c {
+            case 34, 92: out.append(c)
+            case 10: out.append(110)
+            case 13: out.append(114)
+            case 9: out.append(116)
+            default:
+                out.append(117); out.append(48); out.append(48)
+                out.append(hexDigits[Int(c >> 4)]); out.append(hexDigits[Int(c & 15)])
+            }
+        }
+        if run < u.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: u[run...])) }
+    }
+
+    static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+}
