@@ -99,12 +99,21 @@ func bytesFind(_ h: UnsafeBufferPointer<UInt8>, _ n: UnsafeBufferPointer<UInt8>)
 extension Int {
     /// Decimal digits (with a leading '-'), without going through String.
     var bytes: Bytes {
-        if self >= 0 && self < 10 { return [UInt8(48 + self)] }
+        // Scores, counts and lengths are mostly small: shared arrays, no allocation.
+        if self >= 0 && self < Int.smallDecimals.count { return Int.smallDecimals[self] }
         var out = Bytes()
         var m = self.magnitude
         repeat { out.append(UInt8(48 + m % 10)); m /= 10 } while m > 0
         if self < 0 { out.append(45) }
         out.reverse()
         return out
+    }
+
+    /// The digits of 0 ..< 1024.
+    private static let smallDecimals: [Bytes] = (0..<1024).map { n in
+        var out = Bytes()
+        var m = n
+        repeat { out.append(UInt8(48 + m % 10)); m /= 10 } while m > 0
+        return out.reversed()
     }
 }

@@ -342,11 +342,12 @@ public struct EngineSettings: Sendable {
 }
 
 /// A rule link of the shapes CRS uses for control flow and set-up, `SecRule
-/// TX:EXECUTING_PARANOIA_LEVEL "@lt 2" "...,skipAfter:..."` and `SecRule &TX:x "@eq 0"
-/// "...,setvar:tx.x=5"`: one exact TX key (or its count), no exclusions or transformations, a
-/// numeric operator with a constant operand, no capture. About 120 such links run per request;
-/// they are decided from a cached TX read instead of the general evaluator (a match then runs
-/// the same `noteMatch`, setvars included).
+/// TX:EXECUTING_PARANOIA_LEVEL "@lt 2" "...,skipAfter:..."`, `SecRule &TX:x "@eq 0"
+/// "...,setvar:tx.x=5"` and `SecRule TX:ANOMALY_SCORE "@ge %{tx.threshold}"`: one exact TX key
+/// (or its count), no exclusions or transformations, a numeric operator whose operand is a
+/// constant or one TX variable, no capture. About 120 such links run per request; they are
+/// decided from a cached TX read instead of the general evaluator (a match then runs the same
+/// `noteMatch`, setvars included).
 final class TxCompare: Sendable {
     enum Kind { case eq, ge, gt, le, lt }
     let keyID: Int
@@ -354,13 +355,25 @@ final class TxCompare: Sendable {
     /// `&TX:key`: the operator sees 1 or 0 (set or not).
     let count: Bool
     let kind: Kind
+    /// The constant operand (when `operandKey` is nil).
     let operand: Int
     let param: Bytes
+    /// `@ge %{tx.key}`: the operand is that TX variable's value, read when the link runs.
+    let operandKey: String?
+    let operandKeyID: Int
     let negated: Bool
 
     init?(_ r: Rule, intern: (String) -> Int) {
-        guard r.targets.count == 1, r.exclusions.isEmpty, r.transforms.isEmpty, !r.capture, !r.multiMatch,
-              r.op.param.isConstant else { return nil }
+        guard r.targets.count == 1, r.exclusions.isEmpty, r.transforms.isEmpty, !r.capture, !r.multiMatch else { return nil }
+        var operandKey: String?
+        var operandKeyID = -1
+        if !r.op.param.isConstant {
+            guard r.op.param.parts.count == 1, case .variable(.tx, let ok?, let oid) = r.op.param.parts[0], oid >= 0 else { return nil }
+            operandKey = ok
+            operandKeyID = oid
+        }
+        self.operandKey = operandKey
+        self.operandKeyID = operandKeyID
         let t = r.targets[0]
         guard t.collection == .tx, case .exact(let k) = t.key else { return nil }
         switch r.op.kind {

@@ -684,18 +684,26 @@ public final class Transaction {
             guard let kv else { return false }
             n = parseLeadingInt(buffer(kv.value))
         }
+        var operand = c.operand
+        var param: Bytes?
+        if let ok = c.operandKey {
+            // As the general evaluator expands it: an unset variable is an empty operand (0).
+            let p = collections.slots[Collection.tx.ordinal].entry(id: c.operandKeyID, ok)?.value ?? []
+            operand = parseLeadingInt(p)
+            param = p
+        }
         var m: Bool
         switch c.kind {
-        case .eq: m = n == c.operand
-        case .ge: m = n >= c.operand
-        case .gt: m = n > c.operand
-        case .le: m = n <= c.operand
-        case .lt: m = n < c.operand
+        case .eq: m = n == operand
+        case .ge: m = n >= operand
+        case .gt: m = n > operand
+        case .le: m = n <= operand
+        case .lt: m = n < operand
         }
         if c.negated { m = !m }
         guard m else { return false }
         lastOperatorParamText = nil
-        lastOperatorParam = c.param
+        lastOperatorParam = param ?? c.param
         if c.count {
             let v = store(n.bytes)
             noteMatch(Value(collection: .tx, key: .none, value: v, id: -1), v, r)
@@ -1096,6 +1104,10 @@ public final class Transaction {
 
     func expand(_ m: Macro, rule: Rule? = nil) -> Bytes {
         if m.isConstant { return m.constant }
+        // A lone `%{tx.key}` (scores, thresholds): the stored value itself, not a copy.
+        if m.parts.count == 1, case .variable(.tx, let key?, let keyID) = m.parts[0] {
+            return collections.slots[Collection.tx.ordinal].entry(id: keyID, key)?.value ?? []
+        }
         var out = Bytes()
         for p in m.parts {
             switch p {

@@ -178,10 +178,15 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
         SecRule &TX:/^dyn_/ "@eq 2" "id:34,phase:1,pass,log"
         SecRule TX:/^DYN_B/ "@streq 5" "id:35,phase:1,pass,log,logdata:'%{MATCHED_VAR_NAME}'"
         SecRule TX:/^score$/ "@eq 5" "id:36,phase:1,pass,log"
+        SecAction "id:37,phase:1,pass,nolog,setvar:tx.threshold=5"
+        SecRule TX:SCORE "@ge %{tx.threshold}" "id:38,phase:1,pass,log,logdata:'%{MATCHED_VAR}'"
+        SecRule TX:SCORE "@lt %{tx.never_set}" "id:39,phase:1,pass,log"
+        SecRule TX:SCORE "@gt %{tx.never_set}" "id:40,phase:1,pass,log"
         """)
         let tx = run(rs, target: "/?a=alpha&b=beta")
         let ids = tx.matches.map(\.id)
-        #expect(ids == [32, 33, 34, 35, 36])
+        #expect(ids == [32, 33, 34, 35, 36, 38, 40])
+        #expect(tx.matches.first { $0.id == 38 }?.data == "5")
         #expect(tx.matches.first?.msg == "score 5")
         #expect(tx.matches.first { $0.id == 35 }?.data == "TX:dyn_beta")
     }
