@@ -22,11 +22,16 @@ final class Prefilter: @unchecked Sendable {
         case argsGetValues, argsGetNames, argsPostValues, argsPostNames, headerValues, headerNames
         case cookieValues, cookieNames, fileValues, fileNames
         case filename, basename, uri, uriRaw, requestLine, method, proto, queryString
+        /// REQUEST_HEADERS:User-Agent and :Referer, which many rules read alone: scanning every
+        /// header for them would let a browser's `Accept: …xhtml+xml` wake the XSS rules.
+        case userAgent, referer
+        case requestBody
 
         /// Slots whose values arrive with the request body (rescanned for phase 2).
-        static let bodySlots: [Slot] = [.argsPostValues, .argsPostNames, .fileValues, .fileNames]
+        static let bodySlots: [Slot] = [.argsPostValues, .argsPostNames, .fileValues, .fileNames, .requestBody]
     }
     static let slotCount = Slot.allCases.count
+    static let userAgentKey = Array("user-agent".utf8), refererKey = Array("referer".utf8)
 
     /// The rules of one transformation chain.
     struct Group {
@@ -96,7 +101,13 @@ final class Prefilter: @unchecked Sendable {
                 add(t.names ? .argsGetNames : .argsGetValues)
                 if t.alsoPost { add(t.names ? .argsPostNames : .argsPostValues) }
             case .argsPost: add(t.names ? .argsPostNames : .argsPostValues)
-            case .headers: add(t.names ? .headerNames : .headerValues)
+            case .headers:
+                if !t.names, t.selector.kind == 1, let k = t.selector.exact.baseAddress {
+                    let key = UnsafeBufferPointer(start: k, count: t.selector.exact.count)
+                    if key.elementsEqual(Prefilter.userAgentKey) { add(.userAgent); continue }
+                    if key.elementsEqual(Prefilter.refererKey) { add(.referer); continue }
+                }
+                add(t.names ? .headerNames : .headerValues)
             case .cookies: add(t.names ? .cookieNames : .cookieValues)
             case .files: add(t.names ? .fileNames : .fileValues)
             case .filename: add(.filename)
@@ -107,8 +118,9 @@ final class Prefilter: @unchecked Sendable {
             case .method: add(.method)
             case .proto: add(.proto)
             case .queryString: add(.queryString)
+            case .requestBody: add(.requestBody)
             case .xml: xml = true
-            case .requestBody, .tx: return nil
+            case .tx: return nil
             }
         }
         let lits: [Bytes]?
@@ -313,6 +325,9 @@ extension Transaction {
         func list(_ l: [Entry], names: Bool) {
             for e in l { scan(names ? e.key : e.value, names ? e.id &+ 1 : e.id) }
         }
+        func header(_ lower: Bytes) {
+            for e in headers where spanEquals(e.keyLower, lower) { scan(e.value, e.id) }
+        }
         func scalar(_ k: Scalar, _ bytes: Bytes) {
             var s = scalarSpans[k.rawValue]
             if !s.exists { s = store(bytes); scalarSpans[k.rawValue] = s }
@@ -337,6 +352,14 @@ extension Transaction {
         case .method?: scalar(.method, method)
         case .proto?: scalar(.proto, proto)
         case .queryString?: scalar(.queryString, queryString)
+        case .userAgent?: header(Prefilter.userAgentKey)
+        case .referer?: header(Prefilter.refererKey)
+        case .requestBody?:
+            if bodyProcessor == nil || bodyProcessor == "URLENCODED" || forceRequestBodyVariable {
+                scalar(.requestBody, requestBody)
+            }
+            // Otherwise rules see no REQUEST_BODY (a JSON or multipart body): nothing to scan.
+            // A ctl that changes that forgets this slot (`resetPrefilterSlot`).
         case nil: break
         }
         return off
@@ -358,6 +381,12 @@ extension Transaction {
             if let base = p.baseAddress { pf.shared.scan(buf, into: base + off) }
         }
         return off
+    }
+
+    /// Slot `s` changed (a ctl made REQUEST_BODY visible or hid it): scanned again when next asked for.
+    func resetPrefilterSlot(_ s: Prefilter.Slot) {
+        guard let pf = rs.prefilter, !prefilterOffsets.isEmpty else { return }
+        for g in pf.groups.indices { prefilterOffsets[g * Prefilter.slotCount + s.rawValue] = -1 }
     }
 
     /// The body arrived: its slots are scanned again when next asked for.

@@ -1191,8 +1191,8 @@ public final class Transaction {
             case .ruleRemoveByTag(let t): removedTags.append(t)
             case .ruleRemoveTargetById(let ids, let e): targetRemovalsByID.append((ids, e))
             case .ruleRemoveTargetByTag(let t, let e): targetRemovalsByTag.append((t, e))
-            case .requestBodyProcessor(let p): bodyProcessor = p
-            case .forceRequestBodyVariable(let b): forceRequestBodyVariable = b
+            case .requestBodyProcessor(let p): bodyProcessor = p; resetPrefilterSlot(.requestBody)
+            case .forceRequestBodyVariable(let b): forceRequestBodyVariable = b; resetPrefilterSlot(.requestBody)
             case .requestBodyAccess(let b): requestBodyAccess = b
             case .requestBodyLimit(let n): requestBodyLimit = n
             case .ignored: break

@@ -417,6 +417,33 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
         }
     }
 
+    /// REQUEST_BODY is a prefilter source only while rules can see it: a JSON body hides it,
+    /// a later ctl:forceRequestBodyVariable shows it again, and the prefilter follows.
+    @Test func prefilterFollowsRequestBodyVisibility() throws {
+        let rs = try load("""
+        SecRequestBodyAccess On
+        SecRule REQUEST_HEADERS:Content-Type "@contains json" "id:1,phase:1,pass,nolog,ctl:requestBodyProcessor=JSON"
+        SecRule REQUEST_BODY "@rx secret\\w+" "id:2,phase:2,pass,log"
+        SecRule REQUEST_METHOD "@streq POST" "id:3,phase:2,pass,nolog,ctl:forceRequestBodyVariable=On"
+        SecRule REQUEST_BODY "@rx secret\\w+" "id:4,phase:2,pass,log"
+        """)
+        #expect(rs.prefilter != nil)
+        for (type, body, expected) in [("application/json", #"{"a":"secretword"}"#, [4]), ("application/x-www-form-urlencoded", "a=secretword", [2, 4]),
+                                       ("application/json", #"{"a":"plain"}"#, [])] {
+            func matched(_ prefilter: Bool) -> [Int] {
+                let tx = Transaction(ruleSet: rs, requestID: "t", clientAddress: "127.0.0.1")
+                tx.usePrefilter = prefilter
+                let h = [("Host", "localhost"), ("Content-Type", type), ("Content-Length", String(body.utf8.count))]
+                _ = tx.processRequestHeaders(method: "POST", target: "/", protocol: "HTTP/1.1", headers: h)
+                tx.appendRequestBody(Array(body.utf8))
+                _ = tx.processRequestBody()
+                return tx.matches.map(\.id)
+            }
+            #expect(matched(true) == expected, "\(type) \(body)")
+            #expect(matched(false) == expected, "\(type) \(body)")
+        }
+    }
+
     @Test(.enabled(if: CRSTests.rs != nil)) func prefilterDecidesLikeTheFullEvaluator() throws {
         // The same requests through the CRS with and without the prefilter must match the same rules.
         let rs = try #require(CRSTests.rs)
@@ -435,6 +462,23 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
             let with = matched(true)
             #expect(!with.isEmpty || t.hasPrefix("/products"))
             #expect(with == matched(false), "\(t)")
+        }
+        // Bodies: form (REQUEST_BODY visible) and JSON (hidden; its values are ARGS).
+        for (type, body) in [("application/x-www-form-urlencoded", "a=java.lang.Runtime&b=%3Cscript%3Ex%3C/script%3E"),
+                             ("application/json", #"{"a":"java.lang.Runtime","b":"<script>x</script>","c":"1' or '1'='1"}"#),
+                             ("application/x-www-form-urlencoded", "username=alice&password=correct+horse")] {
+            func matched(_ prefilter: Bool) -> [Int] {
+                let tx = Transaction(ruleSet: rs, requestID: "t", clientAddress: "127.0.0.1")
+                tx.usePrefilter = prefilter
+                _ = tx.processRequestHeaders(method: "POST", target: "/submit", protocol: "HTTP/1.1",
+                                             headers: h + [("Content-Type", type), ("Content-Length", String(body.utf8.count))])
+                tx.appendRequestBody(Array(body.utf8))
+                _ = tx.processRequestBody()
+                return tx.matches.map(\.id)
+            }
+            let with = matched(true)
+            #expect(!with.isEmpty || body.hasPrefix("username"))
+            #expect(with == matched(false), "\(body)")
         }
     }
 }
