@@ -782,8 +782,9 @@ public final class Transaction {
     }
 
     func cacheInsert(_ key: Int, _ span: Span) {
-        // 1,024 slots hold a CRS request's few hundred results without growing.
-        if (cacheUsed + 1) * 2 > cacheCapacity { rebuildCache(capacity: max(1024, cacheCapacity * 2), dropping: nil) }
+        // 256 slots (6 KiB) hold the 50-100 results a CRS request caches (values a chain leaves
+        // unchanged are not cached); a request with many arguments grows the table.
+        if (cacheUsed + 1) * 2 > cacheCapacity { rebuildCache(capacity: max(256, cacheCapacity * 2), dropping: nil) }
         guard let t = cacheSlots else { return }
         let mask = cacheCapacity - 1
         var i = Transaction.cacheHash(key) & mask
