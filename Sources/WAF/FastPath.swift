@@ -286,22 +286,35 @@ extension Transaction {
 
     @inline(__always)
     private func fastValue(_ span: Span, _ id: Int, _ plan: FastPlan, _ r: Rule, _ transforms: Bool) -> Bool {
-        if plan.multiMatch { return fastMultiMatch(span, plan, r) }
+        if plan.multiMatch { return fastMultiMatch(span, id, plan, r) }
         return fastOperator(buffer(transforms ? transformed(span, id: id, r) : span), plan)
     }
 
     /// multiMatch as the evaluator runs it: the raw value, then each transformation result
-    /// that differs from the one before (not cached: intermediate results are per rule).
-    private func fastMultiMatch(_ span: Span, _ plan: FastPlan, _ r: Rule) -> Bool {
+    /// that differs from the one before. The intermediates come from the transformation cache
+    /// by (value, path) (`Transaction.applyTransforms`), which chains sharing a prefix share.
+    private func fastMultiMatch(_ span: Span, _ id: Int, _ plan: FastPlan, _ r: Rule) -> Bool {
         if fastOperator(buffer(span), plan) { return true }
+        let cachePaths = id >= 0 && id < Transaction.pathIDLimit
+        var summary = self.summary(span, id: id)
         var cur = span
-        var summary = ByteSummary(buffer(cur))
+        var path = 0, depth = 0
         for t in r.transforms {
             if t.unchanged(summary) { continue }
-            let before = bytes(cur)
-            let next = t.apply(before)
-            if next == before { continue }
-            cur = store(next)
+            depth += 1
+            path = path << 6 | t.code
+            let key = cachePaths && depth <= 7 ? Transaction.pathKey(id, path) : -1
+            var next = cur
+            if key != -1, let hit = cacheLookup(key) {
+                next = hit
+            } else {
+                let before = bytes(cur)
+                let out = t.apply(before)
+                if out != before { next = store(out) }
+                if key != -1 { cacheInsert(key, next) }
+            }
+            if next == cur { continue }
+            cur = next
             summary = ByteSummary(buffer(cur))
             if fastOperator(buffer(cur), plan) { return true }
         }

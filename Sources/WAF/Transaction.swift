@@ -283,6 +283,9 @@ public final class Transaction {
     @exclusivity(unchecked) var sharedScanOffsets: [Int32] = []
     /// Off only to compare the shared scan with per-group scans (tests).
     @exclusivity(unchecked) var usePrefilterSharing = true
+    /// Off only to compare decisions with the prefilter and pre-test against the general
+    /// evaluator alone (tests).
+    @exclusivity(unchecked) var useFastPath = true
     /// Off only to compare decisions with and without the prefilter (tests).
     @exclusivity(unchecked) var usePrefilter = true
     /// This thread's PCRE2 match data and JIT stack.
@@ -616,7 +619,7 @@ public final class Transaction {
     func linkMatches(_ l: Rule, starter: Rule) -> Bool {
         if targetRemovalsByID.isEmpty, targetRemovalsByTag.isEmpty {
             if l.txCompare != nil { return txCompareMatches(l, starter: starter) }
-            if let plan = l.fast {
+            if useFastPath, let plan = l.fast {
                 if l.prefilterBit >= 0, usePrefilter, !prefilterMayMatch(l) { return false }
                 if !fastMayMatch(l, plan) { return false }
             }

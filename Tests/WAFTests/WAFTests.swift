@@ -451,10 +451,13 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
         let h = [("Host", "localhost"), ("User-Agent", "Mozilla/5.0"), ("Accept", "*/*")]
         for t in ["/?id=1%27%20or%20%271%27=%271", "/?q=%3Cscript%3Ealert(1)%3C/script%3E", "/?f=../../../../etc/passwd",
                   "/?x=;cat%20/etc/passwd", "/products?id=1234&page=2&q=blue+shoes", "/?a=%24%7Bjndi:ldap://x%7D",
-                  "/index.php?x=%3C%3Fphp%20system(%27id%27)%3B"] {
-            func matched(_ prefilter: Bool) -> [Int] {
+                  "/index.php?x=%3C%3Fphp%20system(%27id%27)%3B",
+                  // Double-encoded: the multiMatch rules see different intermediates.
+                  "/?q=%253Cscript%253Ealert(1)%253C/script%253E&id=%2527%2520or%25201%253D1&f=..%252F..%252Fetc%252Fpasswd"] {
+            func matched(_ prefilter: Bool, fast: Bool = true) -> [Int] {
                 let tx = Transaction(ruleSet: rs, requestID: "t", clientAddress: "127.0.0.1")
                 tx.usePrefilter = prefilter
+                tx.useFastPath = fast
                 _ = tx.processRequestHeaders(method: "GET", target: t, protocol: "HTTP/1.1", headers: h)
                 _ = tx.processRequestBody()
                 return tx.matches.map(\.id)
@@ -462,14 +465,17 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
             let with = matched(true)
             #expect(!with.isEmpty || t.hasPrefix("/products"))
             #expect(with == matched(false), "\(t)")
+            // The general evaluator alone (no prefilter, no pre-test, multiMatch included).
+            #expect(with == matched(false, fast: false), "\(t)")
         }
         // Bodies: form (REQUEST_BODY visible) and JSON (hidden; its values are ARGS).
         for (type, body) in [("application/x-www-form-urlencoded", "a=java.lang.Runtime&b=%3Cscript%3Ex%3C/script%3E"),
                              ("application/json", #"{"a":"java.lang.Runtime","b":"<script>x</script>","c":"1' or '1'='1"}"#),
                              ("application/x-www-form-urlencoded", "username=alice&password=correct+horse")] {
-            func matched(_ prefilter: Bool) -> [Int] {
+            func matched(_ prefilter: Bool, fast: Bool = true) -> [Int] {
                 let tx = Transaction(ruleSet: rs, requestID: "t", clientAddress: "127.0.0.1")
                 tx.usePrefilter = prefilter
+                tx.useFastPath = fast
                 _ = tx.processRequestHeaders(method: "POST", target: "/submit", protocol: "HTTP/1.1",
                                              headers: h + [("Content-Type", type), ("Content-Length", String(body.utf8.count))])
                 tx.appendRequestBody(Array(body.utf8))
@@ -479,6 +485,7 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
             let with = matched(true)
             #expect(!with.isEmpty || body.hasPrefix("username"))
             #expect(with == matched(false), "\(body)")
+            #expect(with == matched(false, fast: false), "\(body)")
         }
     }
 }
