@@ -35,7 +35,7 @@ public struct RuleMatch: Sendable {
 
     /// The same text handed out in pieces.
     public func writeModsecText(uri: String, uniqueID: String, hostname: String, _ emit: (String) -> Void) {
-        emit(leadText)
+        writeLead(emit)
         emit(RuleMatch.headText(file: file, line: line, id: id, rev: rev))
         emit("[msg \""); emit(RuleMatch.esc(msg)); emit("\"] [data \""); emit(RuleMatch.esc(data)); emit("\"] ")
         emit(RuleMatch.tailText(severity: severity, ver: ver, maturity: maturity, accuracy: accuracy, tags: tags))
@@ -45,31 +45,31 @@ public struct RuleMatch: Sendable {
     /// The text JSON-escaped (no quotes) onto `out`: the audit log's `message`. The rule's fixed
     /// parts are copied as escaped at load; only what this request contributed is escaped here.
     public func appendModsecJSON(to out: inout [UInt8], uri: String, uniqueID: String, hostname: String) {
-        JSONEscape.append(leadText, to: &out)
+        writeLead { JSONEscape.append($0, to: &out) }
         if escapedHead.isEmpty { JSONEscape.append(RuleMatch.headText(file: file, line: line, id: id, rev: rev), to: &out) }
         else { out.append(contentsOf: escapedHead) }
-        JSONEscape.append("[msg \"", to: &out); JSONEscape.append(RuleMatch.esc(msg), to: &out)
-        JSONEscape.append("\"] [data \"", to: &out); JSONEscape.append(RuleMatch.esc(data), to: &out)
+        JSONEscape.append("[msg \"", to: &out); JSONEscape.append(msg, to: &out, quotesEscaped: true)
+        JSONEscape.append("\"] [data \"", to: &out); JSONEscape.append(data, to: &out, quotesEscaped: true)
         JSONEscape.append("\"] ", to: &out)
         if escapedTail.isEmpty {
             JSONEscape.append(RuleMatch.tailText(severity: severity, ver: ver, maturity: maturity, accuracy: accuracy, tags: tags), to: &out)
         } else { out.append(contentsOf: escapedTail) }
         JSONEscape.append("[hostname \"", to: &out); JSONEscape.append(hostname, to: &out)
-        JSONEscape.append("\"] [uri \"", to: &out); JSONEscape.append(RuleMatch.esc(uri), to: &out)
+        JSONEscape.append("\"] [uri \"", to: &out); JSONEscape.append(uri, to: &out, quotesEscaped: true)
         JSONEscape.append("\"] [unique_id \"", to: &out); JSONEscape.append(uniqueID, to: &out)
         JSONEscape.append("\"]", to: &out)
     }
 
-    /// "ModSecurity: Warning. Matched "Operator `rx' with parameter `...' against variable ...".
-    var leadText: String {
-        var s = disruptive ? "ModSecurity: Access denied. " : "ModSecurity: Warning. "
+    /// "ModSecurity: Warning. Matched "Operator `rx' with parameter `...' against variable ...",
+    /// in pieces (the audit log escapes them straight into its buffer).
+    func writeLead(_ emit: (String) -> Void) {
+        emit(disruptive ? "ModSecurity: Access denied. " : "ModSecurity: Warning. ")
         if operatorName == "unconditionalMatch" || matchedVarName.isEmpty {
-            s += "Unconditional match in SecAction. "
+            emit("Unconditional match in SecAction. ")
         } else {
-            s += "Matched \"Operator `" + operatorName + "' with parameter `" + RuleMatch.clip(operatorParam, 200)
-            s += "' against variable `" + matchedVarName + "' (Value: `" + RuleMatch.clip(matchedVar, 200) + "' ) "
+            emit("Matched \"Operator `"); emit(operatorName); emit("' with parameter `"); emit(RuleMatch.clip(operatorParam, 200))
+            emit("' against variable `"); emit(matchedVarName); emit("' (Value: `"); emit(RuleMatch.clip(matchedVar, 200)); emit("' ) ")
         }
-        return s
     }
 
     /// `[file "…"] [line "…"] [id "…"] [rev "…"] `: fixed per rule.
@@ -109,18 +109,21 @@ extension String {
 /// JSON string escaping, for the audit log's JSON lines: quote, backslash and control bytes escaped,
 /// runs that need nothing copied whole.
 public enum JSONEscape {
-    public static func append(_ s: String, to out: inout [UInt8]) {
+    /// `quotesEscaped`: the text as ModSecurity writes msg, data and uri (each `"` as `\"`),
+    /// JSON-escaped, without building that intermediate text.
+    public static func append(_ s: String, to out: inout [UInt8], quotesEscaped: Bool = false) {
         var s = s
-        s.withUTF8 { append($0, to: &out) }
+        s.withUTF8 { append($0, to: &out, quotesEscaped: quotesEscaped) }
     }
 
-    public static func append(_ u: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
+    public static func append(_ u: UnsafeBufferPointer<UInt8>, to out: inout [UInt8], quotesEscaped: Bool = false) {
         var run = 0
         for i in 0..<u.count {
             let c = u[i]
             if c >= 0x20 && c != 34 && c != 92 && c != 0x7f { continue }
             if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: u[run..<i])) }
             run = i + 1
+            if quotesEscaped && c == 34 { out.append(92); out.append(92) }  // the added backslash, escaped
             out.append(92)
             switch c {
             case 34, 92: out.append(c)

@@ -408,7 +408,10 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
                                      protocol: "HTTP/1.1", headers: [("Host", "localhost"), ("User-Agent", "curl\t\"x\"")])
         _ = tx.processRequestBody()
         #expect(tx.matches.count > 3)
-        for m in tx.matches {
+        var quoted = tx.matches[0]
+        quoted.msg = "a \"quoted\" msg \\ with\tcontrol"
+        quoted.data = "\"\"\\\""
+        for m in tx.matches + [quoted] {
             var fast: [UInt8] = [], plain: [UInt8] = []
             m.appendModsecJSON(to: &fast, uri: "/a\"b", uniqueID: "t\"1", hostname: "h\\")
             JSONEscape.append(m.modsecText(uri: "/a\"b", uniqueID: "t\"1", hostname: "h\\"), to: &plain)
