@@ -78,6 +78,9 @@ OUTRIDER_BIN = os.environ.get("OUTRIDER_BIN", os.path.join(REPO, ".build", "rele
 OUT_DIR = os.environ.get("BENCH_OUT", os.path.join(HERE, "results"))
 SYSCALLS = os.environ.get("BENCH_SYSCALLS") == "1"
 REPEAT = max(1, env_int("BENCH_REPEAT", 1))
+# wrk's default timeout (2 s) counts nginx + ModSecurity's slowest attack replies (p99 about
+# 1 s, a few over 2 s) as socket errors instead of latencies.
+WRK_TIMEOUT = "10s"
 
 
 def log(msg: str) -> None:
@@ -575,9 +578,7 @@ def parse_wrk(out: str) -> WrkResult:
 
 
 def wrk_argv(port: int, seconds: int, script: str | None = None) -> list[str]:
-    # --timeout 10s: wrk's default (2 s) counts nginx + ModSecurity's slowest attack replies
-    # (p99 about 1 s, a few over 2 s) as socket errors instead of latencies.
-    argv = ["wrk", "-t1", f"-c{CONNS}", f"-d{seconds}s", "--timeout", "10s", "--latency"]
+    argv = ["wrk", "-t1", f"-c{CONNS}", f"-d{seconds}s", "--timeout", WRK_TIMEOUT, "--latency"]
     if script:
         argv += ["-s", os.path.join(HERE, "waf", script)]
     return argv + [f"http://127.0.0.1:{port}/"]
@@ -797,7 +798,7 @@ def report(rows: list[Row]) -> tuple[str, dict, bool]:
     lines = [
         f"# Outrider benchmark — {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
         "",
-        f"`wrk -t1 -c{CONNS} -d{SECONDS}s --timeout 10s --latency` on 127.0.0.1 after a {WARMUP} s warm-up"
+        f"`wrk -t1 -c{CONNS} -d{SECONDS}s --timeout {WRK_TIMEOUT} --latency` on 127.0.0.1 after a {WARMUP} s warm-up"
         + (f", median of {REPEAT} runs" if REPEAT > 1 else "") + "; "
         f"{BODY_SIZE} B body from a 1-worker nginx upstream; one target at a time. "
         f"CPU µs/req: utime+stime of the proxy worker(s) / requests. "

@@ -53,12 +53,8 @@ enum RunCommand {
             Diagnostics.log(.error, "cannot start: \(error)")
             exit(1)
         }
-        // After a moment, so the workers have faulted in what they run; the heap pages freed
-        // after building the filters (rule-set parsing) go back too.
-        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(500)) {
-            StartupPages.release()
-            _ = clinux_malloc_trim()
-        }
+        // After a moment, so the workers have faulted in what they run.
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(500)) { StartupPages.release() }
         dispatchMain()
     }
 

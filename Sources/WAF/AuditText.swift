@@ -35,41 +35,52 @@ public struct RuleMatch: Sendable {
 
     /// The same text handed out in pieces.
     public func writeModsecText(uri: String, uniqueID: String, hostname: String, _ emit: (String) -> Void) {
-        writeLead(emit)
-        emit(RuleMatch.headText(file: file, line: line, id: id, rev: rev))
-        emit("[msg \""); emit(RuleMatch.esc(msg)); emit("\"] [data \""); emit(RuleMatch.esc(data)); emit("\"] ")
-        emit(RuleMatch.tailText(severity: severity, ver: ver, maturity: maturity, accuracy: accuracy, tags: tags))
-        emit("[hostname \""); emit(hostname); emit("\"] [uri \""); emit(RuleMatch.esc(uri)); emit("\"] [unique_id \""); emit(uniqueID); emit("\"]")
+        walk(uri: uri, uniqueID: uniqueID, hostname: hostname) { piece in
+            switch piece {
+            case .plain(let s): emit(s)
+            case .quoted(let s): emit(RuleMatch.esc(s))
+            case .head: emit(RuleMatch.headText(file: file, line: line, id: id, rev: rev))
+            case .tail: emit(RuleMatch.tailText(severity: severity, ver: ver, maturity: maturity, accuracy: accuracy, tags: tags))
+            }
+        }
     }
 
     /// The text JSON-escaped (no quotes) onto `out`: the audit log's `message`. The rule's fixed
     /// parts are copied as escaped at load; only what this request contributed is escaped here.
     public func appendModsecJSON(to out: inout [UInt8], uri: String, uniqueID: String, hostname: String) {
-        writeLead { JSONEscape.append($0, to: &out) }
-        if escapedHead.isEmpty { JSONEscape.append(RuleMatch.headText(file: file, line: line, id: id, rev: rev), to: &out) }
-        else { out.append(contentsOf: escapedHead) }
-        JSONEscape.append("[msg \"", to: &out); JSONEscape.append(msg, to: &out, quotesEscaped: true)
-        JSONEscape.append("\"] [data \"", to: &out); JSONEscape.append(data, to: &out, quotesEscaped: true)
-        JSONEscape.append("\"] ", to: &out)
-        if escapedTail.isEmpty {
-            JSONEscape.append(RuleMatch.tailText(severity: severity, ver: ver, maturity: maturity, accuracy: accuracy, tags: tags), to: &out)
-        } else { out.append(contentsOf: escapedTail) }
-        JSONEscape.append("[hostname \"", to: &out); JSONEscape.append(hostname, to: &out)
-        JSONEscape.append("\"] [uri \"", to: &out); JSONEscape.append(uri, to: &out, quotesEscaped: true)
-        JSONEscape.append("\"] [unique_id \"", to: &out); JSONEscape.append(uniqueID, to: &out)
-        JSONEscape.append("\"]", to: &out)
+        walk(uri: uri, uniqueID: uniqueID, hostname: hostname) { piece in
+            switch piece {
+            case .plain(let s): JSONEscape.append(s, to: &out)
+            case .quoted(let s): JSONEscape.append(s, to: &out, quotesEscaped: true)
+            case .head:
+                if escapedHead.isEmpty { JSONEscape.append(RuleMatch.headText(file: file, line: line, id: id, rev: rev), to: &out) }
+                else { out.append(contentsOf: escapedHead) }
+            case .tail:
+                if escapedTail.isEmpty {
+                    JSONEscape.append(RuleMatch.tailText(severity: severity, ver: ver, maturity: maturity, accuracy: accuracy, tags: tags), to: &out)
+                } else { out.append(contentsOf: escapedTail) }
+            }
+        }
     }
 
-    /// "ModSecurity: Warning. Matched "Operator `rx' with parameter `...' against variable ...",
-    /// in pieces (the audit log escapes them straight into its buffer).
-    func writeLead(_ emit: (String) -> Void) {
-        emit(disruptive ? "ModSecurity: Access denied. " : "ModSecurity: Warning. ")
+    /// A piece of the text: as is, written with each `"` as `\"` (msg, data, uri), or the
+    /// rule's fixed head or tail.
+    enum Piece { case plain(String), quoted(String), head, tail }
+
+    /// ModSecurity's text, piece by piece, in order (one layout for both renderings).
+    func walk(uri: String, uniqueID: String, hostname: String, _ emit: (Piece) -> Void) {
+        emit(.plain(disruptive ? "ModSecurity: Access denied. " : "ModSecurity: Warning. "))
         if operatorName == "unconditionalMatch" || matchedVarName.isEmpty {
-            emit("Unconditional match in SecAction. ")
+            emit(.plain("Unconditional match in SecAction. "))
         } else {
-            emit("Matched \"Operator `"); emit(operatorName); emit("' with parameter `"); emit(RuleMatch.clip(operatorParam, 200))
-            emit("' against variable `"); emit(matchedVarName); emit("' (Value: `"); emit(RuleMatch.clip(matchedVar, 200)); emit("' ) ")
+            for s in ["Matched \"Operator `", operatorName, "' with parameter `", RuleMatch.clip(operatorParam, 200),
+                      "' against variable `", matchedVarName, "' (Value: `", RuleMatch.clip(matchedVar, 200), "' ) "] { emit(.plain(s)) }
         }
+        emit(.head)
+        emit(.plain("[msg \"")); emit(.quoted(msg)); emit(.plain("\"] [data \"")); emit(.quoted(data)); emit(.plain("\"] "))
+        emit(.tail)
+        emit(.plain("[hostname \"")); emit(.plain(hostname)); emit(.plain("\"] [uri \"")); emit(.quoted(uri))
+        emit(.plain("\"] [unique_id \"")); emit(.plain(uniqueID)); emit(.plain("\"]"))
     }
 
     /// `[file "…"] [line "…"] [id "…"] [rev "…"] `: fixed per rule.

@@ -101,19 +101,18 @@ extension Int {
     var bytes: Bytes {
         // Scores, counts and lengths are mostly small: shared arrays, no allocation.
         if self >= 0 && self < Int.smallDecimals.count { return Int.smallDecimals[self] }
+        return Int.decimal(self)
+    }
+
+    private static func decimal(_ n: Int) -> Bytes {
         var out = Bytes()
-        var m = self.magnitude
+        var m = n.magnitude
         repeat { out.append(UInt8(48 + m % 10)); m /= 10 } while m > 0
-        if self < 0 { out.append(45) }
+        if n < 0 { out.append(45) }
         out.reverse()
         return out
     }
 
     /// The digits of 0 ..< 1024.
-    private static let smallDecimals: [Bytes] = (0..<1024).map { n in
-        var out = Bytes()
-        var m = n
-        repeat { out.append(UInt8(48 + m % 10)); m /= 10 } while m > 0
-        return out.reversed()
-    }
+    private static let smallDecimals: [Bytes] = (0..<1024).map(decimal)
 }

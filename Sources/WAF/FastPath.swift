@@ -295,28 +295,15 @@ extension Transaction {
     /// by (value, path) (`Transaction.applyTransforms`), which chains sharing a prefix share.
     private func fastMultiMatch(_ span: Span, _ id: Int, _ plan: FastPlan, _ r: Rule) -> Bool {
         if fastOperator(buffer(span), plan) { return true }
-        let cachePaths = id >= 0 && id < Transaction.pathIDLimit
         var summary = self.summary(span, id: id)
-        var cur = span
-        var path = 0, depth = 0
+        var step = PathStep(value: span)
         for t in r.transforms {
             if t.unchanged(summary) { continue }
-            depth += 1
-            path = path << 6 | t.code
-            let key = cachePaths && depth <= 7 ? Transaction.pathKey(id, path) : -1
-            var next = cur
-            if key != -1, let hit = cacheLookup(key) {
-                next = hit
-            } else {
-                let before = bytes(cur)
-                let out = t.apply(before)
-                if out != before { next = store(out) }
-                if key != -1 { cacheInsert(key, next) }
-            }
-            if next == cur { continue }
-            cur = next
-            summary = ByteSummary(buffer(cur))
-            if fastOperator(buffer(cur), plan) { return true }
+            let before = step.value
+            pathStep(t, &step, id: id)
+            if step.value == before { continue }
+            summary = ByteSummary(buffer(step.value))
+            if fastOperator(buffer(step.value), plan) { return true }
         }
         return false
     }

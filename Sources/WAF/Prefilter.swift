@@ -204,31 +204,16 @@ final class LiteralScanner: @unchecked Sendable {
         let order = trie.order
         var newID = [UInt32](repeating: 0, count: edgeLists.count)
         for (i, n) in order.enumerated() { newID[Int(n)] = UInt32(i) }
-        func child(_ n: Int, _ c: UInt8) -> Int? {
-            for (k, t) in edgeLists[n] where k == c { return Int(t) }
-            return nil
-        }
-        /// The state after reading `c` in state `n`, failure links followed.
-        func step(_ n: Int, _ c: UInt8) -> Int {
-            var x = n
-            while true {
-                if let t = child(x, c) { return t }
-                if x == 0 { return 0 }
-                x = Int(fail[x])
-            }
-        }
         var e = 0, row = 0
         for (i, old) in order.enumerated() {
             let n = Int(old)
-            let set = nodeSet[n]
-            if isDense(n) {
-                nodes[i] = Node(edgeStart: UInt32(row), edgeCount: LiteralScanner.denseMark, reports: set >= 0 ? 1 : 0,
-                                fail: newID[Int(fail[n])], outSet: UInt32(max(0, set)))
-                for c in 0..<256 where seen[c] { dense[row << 8 | c] = newID[step(n, UInt8(c))] }
+            let set = nodeSet[n], isRow = isDense(n)
+            nodes[i] = Node(edgeStart: UInt32(isRow ? row : e), edgeCount: isRow ? LiteralScanner.denseMark : UInt16(edgeLists[n].count),
+                            reports: set >= 0 ? 1 : 0, fail: newID[Int(fail[n])], outSet: UInt32(max(0, set)))
+            if isRow {
+                for c in 0..<256 where seen[c] { dense[row << 8 | c] = newID[Int(trie.step(Int32(n), UInt8(c)))] }
                 row += 1
             } else {
-                nodes[i] = Node(edgeStart: UInt32(e), edgeCount: UInt16(edgeLists[n].count), reports: set >= 0 ? 1 : 0,
-                                fail: newID[Int(fail[n])], outSet: UInt32(max(0, set)))
                 for (c, t) in edgeLists[n] { edges[e] = UInt32(c) << 24 | newID[Int(t)]; e += 1 }
             }
         }
@@ -300,8 +285,7 @@ extension Transaction {
         let key = group * Prefilter.slotCount + slot
         let known = prefilterOffsets[key]
         if known >= 0 { return Int(known) }
-        let off = prefilterPool.count
-        for _ in 0..<pf.words { prefilterPool.append(0) }
+        let off = newBits(pf)
         prefilterOffsets[key] = Int32(off)
         let g = pf.groups[group]
         let words = pf.words
@@ -355,9 +339,7 @@ extension Transaction {
         case .userAgent?: header(Prefilter.userAgentKey)
         case .referer?: header(Prefilter.refererKey)
         case .requestBody?:
-            if bodyProcessor == nil || bodyProcessor == "URLENCODED" || forceRequestBodyVariable {
-                scalar(.requestBody, requestBody)
-            }
+            if requestBodyVisible { scalar(.requestBody, requestBody) }
             // Otherwise rules see no REQUEST_BODY (a JSON or multipart body): nothing to scan.
             // A ctl that changes that forgets this slot (`resetPrefilterSlot`).
         case nil: break
@@ -373,13 +355,19 @@ extension Transaction {
         }
         let known = sharedScanOffsets[id]
         if known >= 0 { return Int(known) }
-        let off = prefilterPool.count
-        for _ in 0..<pf.words { prefilterPool.append(0) }
+        let off = newBits(pf)
         sharedScanOffsets[id] = Int32(off)
         let buf = buffer(value)
         prefilterPool.withUnsafeMutableBufferPointer { p in
             if let base = p.baseAddress { pf.shared.scan(buf, into: base + off) }
         }
+        return off
+    }
+
+    /// A zeroed rule bitset at the end of `prefilterPool`: its offset.
+    private func newBits(_ pf: Prefilter) -> Int {
+        let off = prefilterPool.count
+        prefilterPool.append(contentsOf: repeatElement(0, count: pf.words))
         return off
     }
 
@@ -391,9 +379,6 @@ extension Transaction {
 
     /// The body arrived: its slots are scanned again when next asked for.
     func resetBodyPrefilter() {
-        guard let pf = rs.prefilter, !prefilterOffsets.isEmpty else { return }
-        for g in pf.groups.indices {
-            for s in Prefilter.Slot.bodySlots { prefilterOffsets[g * Prefilter.slotCount + s.rawValue] = -1 }
-        }
+        for s in Prefilter.Slot.bodySlots { resetPrefilterSlot(s) }
     }
 }

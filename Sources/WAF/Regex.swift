@@ -226,9 +226,19 @@ struct AhoCorasickTrie {
         }
     }
 
-    private func child(_ node: Int32, _ c: UInt8) -> Int32? {
+    func child(_ node: Int32, _ c: UInt8) -> Int32? {
         for (k, v) in edges[Int(node)] where k == c { return v }
         return nil
+    }
+
+    /// The node after reading `c` in `node`, failure links followed (a DFA transition).
+    func step(_ node: Int32, _ c: UInt8) -> Int32 {
+        var x = node
+        while true {
+            if let t = child(x, c) { return t }
+            if x == 0 { return 0 }
+            x = fail[Int(x)]
+        }
     }
 }
 

@@ -66,22 +66,17 @@ struct VarStore {
         if reserve > 0 { map.reserveCapacity(reserve) }
     }
 
-    @inline(__always) private func slotIndex(_ kl: String) -> Int? {
-        guard let table, let id = table.ids[kl], id < fixed.count else { return nil }
-        return id
+    /// The slot of a key: `id` when it is one of this store's slots, the interned id of `kl`
+    /// when `id` is negative (a key computed at run time may still be a named one), else nil.
+    @inline(__always) private func slotIndex(_ id: Int, _ kl: String) -> Int? {
+        if id >= 0 { return id < fixed.count ? id : nil }
+        guard let table, let i = table.ids[kl], i < fixed.count else { return nil }
+        return i
     }
 
-    subscript(_ kl: String) -> Bytes? { entry(kl)?.value }
-
-    /// The entry under lowercase key `kl`.
-    func entry(_ kl: String) -> (key: Bytes, value: Bytes)? {
-        if let i = slotIndex(kl) { let s = fixed[i]; return s.isSet ? (s.key, s.value) : nil }
-        return map[kl]
-    }
-
-    /// The entry of interned key `id` (whose lowercase spelling is `kl`).
-    @inline(__always) func entry(id: Int, _ kl: String) -> (key: Bytes, value: Bytes)? {
-        if id >= 0, id < fixed.count { let s = fixed[id]; return s.isSet ? (s.key, s.value) : nil }
+    /// The entry under lowercase key `kl`, interned as `id` (negative: not interned at load).
+    @inline(__always) func entry(id: Int = -1, _ kl: String) -> (key: Bytes, value: Bytes)? {
+        if let i = slotIndex(id, kl) { let s = fixed[i]; return s.isSet ? (s.key, s.value) : nil }
         return map[kl]
     }
 
@@ -91,33 +86,26 @@ struct VarStore {
         id >= 0 && id < fixed.count ? (fixed[id].isSet, fixed[id].stamp) : nil
     }
 
-    mutating func set(_ key: Bytes, _ v: Bytes) { set(lower: keyString(key), key, v) }
-    mutating func set(lower kl: String, _ key: Bytes, _ v: Bytes) { set(id: slotIndex(kl) ?? -1, lower: kl, key, v) }
-    mutating func set(id: Int, lower kl: String, _ key: Bytes, _ v: Bytes) {
-        if id >= 0, id < fixed.count {
+    mutating func set(id: Int = -1, lower kl: String, _ key: Bytes, _ v: Bytes) {
+        if let i = slotIndex(id, kl) {
             writes &+= 1
-            fixed[id] = Slot(key: key, value: v, isSet: true, stamp: writes)
+            fixed[i] = Slot(key: key, value: v, isSet: true, stamp: writes)
         } else {
             map[kl] = (key, v)
         }
     }
 
     /// `setvar:c.key=+n` / `=-n`: the stored number (0 if unset) plus or minus `delta`, wrapping.
-    mutating func add(lower kl: String, _ key: Bytes, _ delta: Int, subtract: Bool) {
-        add(id: slotIndex(kl) ?? -1, lower: kl, key, delta, subtract: subtract)
-    }
-    mutating func add(id: Int, lower kl: String, _ key: Bytes, _ delta: Int, subtract: Bool) {
+    mutating func add(id: Int = -1, lower kl: String, _ key: Bytes, _ delta: Int, subtract: Bool) {
         let cur = entry(id: id, kl).map { parseLeadingInt($0.value) } ?? 0
         let n = subtract ? cur.subtractingReportingOverflow(delta).partialValue : cur.addingReportingOverflow(delta).partialValue
         set(id: id, lower: kl, key, n.bytes)
     }
 
-    mutating func remove(_ key: Bytes) { remove(lower: keyString(key)) }
-    mutating func remove(lower kl: String) { remove(id: slotIndex(kl) ?? -1, lower: kl) }
-    mutating func remove(id: Int, lower kl: String) {
-        if id >= 0, id < fixed.count {
+    mutating func remove(id: Int = -1, lower kl: String) {
+        if let i = slotIndex(id, kl) {
             writes &+= 1
-            fixed[id] = Slot(key: [], value: [], isSet: false, stamp: writes)
+            fixed[i] = Slot(key: [], value: [], isSet: false, stamp: writes)
         } else {
             map[kl] = nil
         }
@@ -127,10 +115,9 @@ struct VarStore {
     /// `candidates` (ascending ids): of the interned keys, only these.
     func forEach(candidates: [Int]? = nil, _ body: (String, (key: Bytes, value: Bytes)) -> Void) {
         if let table {
-            if let candidates {
-                for i in candidates where i < fixed.count && fixed[i].isSet { body(table.names[i], (fixed[i].key, fixed[i].value)) }
-            } else {
-                for i in fixed.indices where fixed[i].isSet { body(table.names[i], (fixed[i].key, fixed[i].value)) }
+            for j in 0..<(candidates?.count ?? fixed.count) {
+                let i = candidates?[j] ?? j
+                if i < fixed.count && fixed[i].isSet { body(table.names[i], (fixed[i].key, fixed[i].value)) }
             }
         }
         for (kl, kv) in map { body(kl, kv) }
@@ -214,6 +201,8 @@ public final class Transaction {
     @exclusivity(unchecked) var requestBodyLength = 0
     @exclusivity(unchecked) var bodyProcessor: String?
     @exclusivity(unchecked) var forceRequestBodyVariable = false
+    /// Whether rules see REQUEST_BODY: raw and urlencoded bodies, others only when forced.
+    var requestBodyVisible: Bool { bodyProcessor == nil || bodyProcessor == "URLENCODED" || forceRequestBodyVariable }
     @exclusivity(unchecked) public private(set) var requestBodyAccess: Bool
     @exclusivity(unchecked) public private(set) var requestBodyLimit: Int
     @exclusivity(unchecked) var bodyLimitExceeded = false
@@ -592,7 +581,8 @@ public final class Transaction {
     /// Evaluates a rule and its chain; on a full match runs the non-disruptive actions
     /// (last link first, as ModSecurity v3 does) and returns true.
     func evaluateChain(_ starter: Rule) -> Bool {
-        // The starter alone decides most rules: test it before walking the chain.
+        // The starter alone decides most rules: test it before walking the chain (this keeps
+        // the common one-link case out of the Optional loop, measurably cheaper per rule).
         guard linkMatches(starter, starter: starter) else { return false }
         var depth = 1
         var link = starter.chained
@@ -720,7 +710,7 @@ public final class Transaction {
     /// The spans are stored once per write of the slot (its stamp), not once per read.
     func txRead(_ id: Int, _ key: String) -> (key: Span, value: Span)? {
         guard let state = collections.slots[Collection.tx.ordinal].slotState(id: id) else {
-            guard let kv = collections.slots[Collection.tx.ordinal].entry(key) else { return nil }
+            guard let kv = collections.slots[Collection.tx.ordinal].entry(id: id, key) else { return nil }
             return (store(kv.key), store(kv.value))
         }
         guard state.isSet else { return nil }
@@ -824,34 +814,45 @@ public final class Transaction {
         var k = 0
         while k < transforms.count, transforms[k].unchanged(summary) { k += 1 }
         if k == transforms.count { return s }
-        // Paths are packed six bits a step, at most seven steps, next to the value id.
-        let cachePaths = id >= 0 && id < Transaction.pathIDLimit
-        var path = 0, depth = 0
-        var cur = s
-        // `cur`'s bytes as an array when the last step made them (saves copying them back out).
-        var curBytes: Bytes?
+        var step = PathStep(value: s)
         while k < transforms.count {
             let t = transforms[k]
             k += 1
             if t.unchanged(summary) { continue }
-            depth += 1
-            path = path << 6 | t.code
-            let key = cachePaths && depth <= 7 ? Transaction.pathKey(id, path) : -1
-            if key != -1, let hit = cacheLookup(key) {
-                cur = hit
-                curBytes = nil
-            } else {
-                let before = curBytes ?? bytes(cur)
-                let next = t.apply(before)
-                if next != before { cur = store(next) }
-                curBytes = next
-                if key != -1 { cacheInsert(key, cur) }
-            }
+            pathStep(t, &step, id: id)
             if k < transforms.count {
-                summary = curBytes.map { b in b.withUnsafeBufferPointer { ByteSummary($0) } } ?? ByteSummary(buffer(cur))
+                summary = step.bytes.map { b in b.withUnsafeBufferPointer { ByteSummary($0) } } ?? ByteSummary(buffer(step.value))
             }
         }
-        return cur
+        return step.value
+    }
+
+    /// Where a walk along a chain is: the value so far, the steps that were applied to it
+    /// (packed six bits a step, next to the value id in a cache key), and its bytes as an array
+    /// when the last step made them (saves copying them back out of the arena).
+    struct PathStep {
+        var value: Span
+        var path = 0
+        var depth = 0
+        var bytes: Bytes?
+    }
+
+    /// Applies `t` at `step` (a step the value's summary cannot rule out): the result cached
+    /// for (value id, path), else computed and cached. At most seven steps are keyed.
+    @inline(__always) func pathStep(_ t: Transform, _ step: inout PathStep, id: Int) {
+        step.depth += 1
+        step.path = step.path << 6 | t.code
+        let key = id >= 0 && id < Transaction.pathIDLimit && step.depth <= 7 ? Transaction.pathKey(id, step.path) : -1
+        if key != -1, let hit = cacheLookup(key) {
+            step.value = hit
+            step.bytes = nil
+            return
+        }
+        let before = step.bytes ?? bytes(step.value)
+        let next = t.apply(before)
+        if next != before { step.value = store(next) }
+        step.bytes = next
+        if key != -1 { cacheInsert(key, step.value) }
     }
 
     /// Value ids below this have their transformation paths cached.
@@ -986,7 +987,7 @@ public final class Transaction {
         func store(_ c: Collection) {
             guard let s = collections[c] else { return }
             if case .exact(let k) = t.key {
-                if let kv = c == .tx ? s.entry(id: t.txKeyID, k) : s.entry(k), exclusions.isEmpty || !exclusions.contains(where: { $0.collection == c && $0.key.matchesStored(k, kv.key) }) {
+                if let kv = s.entry(id: t.txKeyID, k), exclusions.isEmpty || !exclusions.contains(where: { $0.collection == c && $0.key.matchesStored(k, kv.key) }) {
                     out(Value(collection: c, key: self.store(kv.key), value: self.store(kv.value), id: -1))
                 }
                 return
@@ -1060,7 +1061,7 @@ public final class Transaction {
         case .requestProtocol: fixed(.proto, proto)
         case .queryString: fixed(.queryString, queryString)
         case .requestBody:
-            if bodyProcessor == nil || bodyProcessor == "URLENCODED" || forceRequestBodyVariable { fixed(.requestBody, requestBody) }
+            if requestBodyVisible { fixed(.requestBody, requestBody) }
         case .requestBodyLength: scalar(requestBodyLength.bytes)
         case .remoteAddr: scalar(Array(clientAddress.utf8))
         case .remotePort: scalar(clientPort.bytes)
@@ -1152,19 +1153,19 @@ public final class Transaction {
             let key: Bytes, kl: String
             if sv.key.isConstant { key = sv.key.constant; kl = sv.key.constantKey } else { key = expand(sv.key, rule: r); kl = keyString(key) }
             let c = sv.collection
-            // A constant TX key has its slot; a computed one is looked up by name.
+            // A constant TX key has its slot; a computed one is looked up by name (`keyID` -1).
             let id = sv.keyID
             switch sv.op {
             case .set(let m):
                 let v = expand(m, rule: r)
-                if id >= 0 { collections[c, default: VarStore()].set(id: id, lower: kl, key, v) } else { collections[c, default: VarStore()].set(lower: kl, key, v) }
+                collections[c, default: VarStore()].set(id: id, lower: kl, key, v)
             case .add(let m), .sub(let m):
                 let d = parseLeadingInt(expand(m, rule: r))
                 var subtract = false
                 if case .sub = sv.op { subtract = true }
-                if id >= 0 { collections[c, default: VarStore()].add(id: id, lower: kl, key, d, subtract: subtract) } else { collections[c, default: VarStore()].add(lower: kl, key, d, subtract: subtract) }
+                collections[c, default: VarStore()].add(id: id, lower: kl, key, d, subtract: subtract)
             case .delete:
-                if id >= 0 { collections[c, default: VarStore()].remove(id: id, lower: kl) } else { collections[c, default: VarStore()].remove(lower: kl) }
+                collections[c, default: VarStore()].remove(id: id, lower: kl)
             }
         }
     }

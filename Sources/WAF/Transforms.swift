@@ -576,13 +576,11 @@ struct ByteSummary {
         static let irregularSpace = Kind(rawValue: 1024)
     }
 
-    private(set) var kinds: Kind = []
-    let isSingleDot: Bool
-
-    @inline(__always) func has(_ k: Kind) -> Bool { kinds.contains(k) }
+    /// The kinds present (low 16 bits), `singleDotBit` for the value ".", and `alwaysBit`
+    /// (never 0, so 0 can mean "not computed").
+    let packed: UInt32
 
     init(_ v: UnsafeBufferPointer<UInt8>) {
-        isSingleDot = v.count == 1 && v[0] == 46
         var bits: UInt16 = 0
         var prevSpace = false
         ByteSummary.table.withUnsafeBufferPointer { t in
@@ -594,17 +592,14 @@ struct ByteSummary {
                 prevSpace = sp
             }
         }
-        kinds = Kind(rawValue: bits)
+        let singleDot = v.count == 1 && v[0] == 46
+        packed = UInt32(bits) | (singleDot ? ByteSummary.singleDotBit : 0) | ByteSummary.alwaysBit
     }
+
+    init(packed: UInt32) { self.packed = packed }
 
     static let singleDotBit: UInt32 = 1 << 16
     static let alwaysBit: UInt32 = 1 << 31
-    /// The summary in 32 bits (`alwaysBit` set: never 0, so 0 can mean "not computed").
-    var packed: UInt32 { UInt32(kinds.rawValue) | (isSingleDot ? ByteSummary.singleDotBit : 0) | ByteSummary.alwaysBit }
-    init(packed p: UInt32) {
-        kinds = Kind(rawValue: UInt16(truncatingIfNeeded: p))
-        isSingleDot = p & ByteSummary.singleDotBit != 0
-    }
 
     static let table: [UInt16] = (0..<256).map { i -> UInt16 in
         let c = UInt8(i)

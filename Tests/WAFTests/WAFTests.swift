@@ -12,9 +12,12 @@ func load(_ text: String) throws -> RuleSet {
     }
 }
 
+/// `prefilter`/`fastPath` off: decided without the literal prefilter / without any pre-test.
 func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(String, String)] = [("Host", "localhost")], body: String? = nil,
-         client: String = "127.0.0.1") -> Transaction {
+         client: String = "127.0.0.1", prefilter: Bool = true, fastPath: Bool = true) -> Transaction {
     let tx = Transaction(ruleSet: rs, requestID: "t1", clientAddress: client)
+    tx.usePrefilter = prefilter
+    tx.useFastPath = fastPath
     var h = headers
     if let body, !h.contains(where: { $0.0.lowercased() == "content-type" }) { h.append(("Content-Type", "application/x-www-form-urlencoded")) }
     if let body { h.append(("Content-Length", String(body.utf8.count))) }
@@ -434,13 +437,8 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
         for (type, body, expected) in [("application/json", #"{"a":"secretword"}"#, [4]), ("application/x-www-form-urlencoded", "a=secretword", [2, 4]),
                                        ("application/json", #"{"a":"plain"}"#, [])] {
             func matched(_ prefilter: Bool) -> [Int] {
-                let tx = Transaction(ruleSet: rs, requestID: "t", clientAddress: "127.0.0.1")
-                tx.usePrefilter = prefilter
-                let h = [("Host", "localhost"), ("Content-Type", type), ("Content-Length", String(body.utf8.count))]
-                _ = tx.processRequestHeaders(method: "POST", target: "/", protocol: "HTTP/1.1", headers: h)
-                tx.appendRequestBody(Array(body.utf8))
-                _ = tx.processRequestBody()
-                return tx.matches.map(\.id)
+                run(rs, method: "POST", target: "/", headers: [("Host", "localhost"), ("Content-Type", type)], body: body,
+                    prefilter: prefilter).matches.map(\.id)
             }
             #expect(matched(true) == expected, "\(type) \(body)")
             #expect(matched(false) == expected, "\(type) \(body)")
@@ -458,12 +456,7 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
                   // Double-encoded: the multiMatch rules see different intermediates.
                   "/?q=%253Cscript%253Ealert(1)%253C/script%253E&id=%2527%2520or%25201%253D1&f=..%252F..%252Fetc%252Fpasswd"] {
             func matched(_ prefilter: Bool, fast: Bool = true) -> [Int] {
-                let tx = Transaction(ruleSet: rs, requestID: "t", clientAddress: "127.0.0.1")
-                tx.usePrefilter = prefilter
-                tx.useFastPath = fast
-                _ = tx.processRequestHeaders(method: "GET", target: t, protocol: "HTTP/1.1", headers: h)
-                _ = tx.processRequestBody()
-                return tx.matches.map(\.id)
+                run(rs, target: t, headers: h, prefilter: prefilter, fastPath: fast).matches.map(\.id)
             }
             let with = matched(true)
             #expect(!with.isEmpty || t.hasPrefix("/products"))
@@ -476,14 +469,8 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
                              ("application/json", #"{"a":"java.lang.Runtime","b":"<script>x</script>","c":"1' or '1'='1"}"#),
                              ("application/x-www-form-urlencoded", "username=alice&password=correct+horse")] {
             func matched(_ prefilter: Bool, fast: Bool = true) -> [Int] {
-                let tx = Transaction(ruleSet: rs, requestID: "t", clientAddress: "127.0.0.1")
-                tx.usePrefilter = prefilter
-                tx.useFastPath = fast
-                _ = tx.processRequestHeaders(method: "POST", target: "/submit", protocol: "HTTP/1.1",
-                                             headers: h + [("Content-Type", type), ("Content-Length", String(body.utf8.count))])
-                tx.appendRequestBody(Array(body.utf8))
-                _ = tx.processRequestBody()
-                return tx.matches.map(\.id)
+                run(rs, method: "POST", target: "/submit", headers: h + [("Content-Type", type)], body: body,
+                    prefilter: prefilter, fastPath: fast).matches.map(\.id)
             }
             let with = matched(true)
             #expect(!with.isEmpty || body.hasPrefix("username"))

@@ -192,12 +192,9 @@ enum JSONText {
     /// Appends `s` as a JSON string (quoted, escaped).
     static func append(_ s: String, to out: inout [UInt8]) {
         out.append(34)
-        escape(s, to: &out)
+        JSONEscape.append(s, to: &out)
         out.append(34)
     }
-
-    /// Appends the inside of a JSON string for `s`.
-    static func escape(_ s: String, to out: inout [UInt8]) { JSONEscape.append(s, to: &out) }
 
     /// Appends text that is already JSON.
     static func raw(_ s: String, to out: inout [UInt8]) {
