@@ -514,7 +514,7 @@ final class DownstreamConnection: EventHandler, ExchangeDownstream, ClientConnec
         var head = ResponseHead(status: reply.status, reason: reasonPhrase(reply.status), version: .http11, headers: reply.headers)
         head.headers.add(name: "content-type", value: "text/plain; charset=utf-8")
         head.headers.add(name: "content-length", value: String(reply.body.utf8.count))
-        if let id = requestID { head.headers.add(name: "x-request-id", value: id) }
+        if let id = requestID, !head.headers.contains("x-request-id") { head.headers.add(name: "x-request-id", value: id) }
         if reply.closeConnection || closeAfterResponse || worker.draining {
             closeAfterResponse = true
             head.headers.add(name: "connection", value: "close")

@@ -369,7 +369,7 @@ final class HTTP2Stream: ExchangeDownstream {
         var head = ResponseHead(status: reply.status, version: .http2, headers: reply.headers)
         head.headers.add(name: "content-type", value: "text/plain; charset=utf-8")
         head.headers.add(name: "content-length", value: String(reply.body.utf8.count))
-        if let requestID { head.headers.add(name: "x-request-id", value: requestID) }
+        if let requestID, !head.headers.contains("x-request-id") { head.headers.add(name: "x-request-id", value: requestID) }
         connection.session.sendResponseHead(streamID: id, head, endStream: false)
         let body = Array(reply.body.utf8)
         // No RST_STREAM even when the body is still coming: nghttp2 would send the reset ahead

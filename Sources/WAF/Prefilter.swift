@@ -272,7 +272,7 @@ extension Transaction {
             let key = group * Prefilter.slotCount + s
             let known = key < prefilterOffsets.count ? Int(prefilterOffsets[key]) : -1
             let off = known >= 0 ? known : prefilterBits(pf, group: group, slot: s)
-            if prefilterPool[off + word] & mask != 0 { return true }
+            if let pool = prefilterPool, pool[off + word] & mask != 0 { return true }
         }
         return false
     }
@@ -294,17 +294,13 @@ extension Transaction {
             if tv == value, usePrefilterSharing {
                 // Unchanged by this chain: the value's shared scan, this group's rules of it.
                 let raw = sharedBits(pf, value, id)
+                guard let p = prefilterPool else { return }
                 pf.groupMasks.withUnsafeBufferPointer { m in
-                    prefilterPool.withUnsafeMutableBufferPointer { p in
-                        for w in 0..<words { p[off + w] |= p[raw + w] & m[group * words + w] }
-                    }
+                    for w in 0..<words { p[off + w] |= p[raw + w] & m[group * words + w] }
                 }
                 return
             }
-            let buf = buffer(tv)
-            prefilterPool.withUnsafeMutableBufferPointer { p in
-                if let base = p.baseAddress { g.scanner.scan(buf, into: base + off) }
-            }
+            if let p = prefilterPool { g.scanner.scan(buffer(tv), into: p + off) }
         }
         func list(_ l: [Entry], names: Bool) {
             for e in l { scan(names ? e.key : e.value, names ? e.id &+ 1 : e.id) }
@@ -357,17 +353,26 @@ extension Transaction {
         if known >= 0 { return Int(known) }
         let off = newBits(pf)
         sharedScanOffsets[id] = Int32(off)
-        let buf = buffer(value)
-        prefilterPool.withUnsafeMutableBufferPointer { p in
-            if let base = p.baseAddress { pf.shared.scan(buf, into: base + off) }
-        }
+        if let p = prefilterPool { pf.shared.scan(buffer(value), into: p + off) }
         return off
     }
 
-    /// A zeroed rule bitset at the end of `prefilterPool`: its offset.
+    /// A zeroed rule bitset at the end of `prefilterPool`: its offset. The pool may move:
+    /// pointers into it are taken after this call.
     private func newBits(_ pf: Prefilter) -> Int {
-        let off = prefilterPool.count
-        prefilterPool.append(contentsOf: repeatElement(0, count: pf.words))
+        let off = prefilterPoolCount, words = pf.words
+        if off + words > prefilterPoolCapacity {
+            let cap = max(prefilterPoolCapacity * 2, off + words, 256 * words)
+            let grown = UnsafeMutablePointer<UInt64>.allocate(capacity: cap)
+            if let old = prefilterPool {
+                grown.update(from: old, count: off)
+                old.deallocate()
+            }
+            prefilterPool = grown
+            prefilterPoolCapacity = cap
+        }
+        prefilterPool?.advanced(by: off).initialize(repeating: 0, count: words)
+        prefilterPoolCount = off + words
         return off
     }
 

@@ -260,7 +260,11 @@ public final class Transaction {
     @exclusivity(unchecked) var cacheUsed = 0
     /// Literal prefilter state: per (chain group, slot) the offset of its rule bits in the pool (-1: not scanned yet).
     @exclusivity(unchecked) var prefilterOffsets: [Int32] = []
-    @exclusivity(unchecked) var prefilterPool: [UInt64] = []
+    /// The rule bitsets, `prefilterPoolCount` words in use of `prefilterPoolCapacity`: a
+    /// bump allocator (a bitset is taken per scan, ~150 per request, never freed alone).
+    @exclusivity(unchecked) var prefilterPool: UnsafeMutablePointer<UInt64>?
+    @exclusivity(unchecked) var prefilterPoolCount = 0
+    @exclusivity(unchecked) var prefilterPoolCapacity = 0
     /// TX reads by interned key (`RuleSet.txKeys`): the arena spans of the slot's value as of
     /// the write stamped `txReadStamp[id]` (0: never read).
     @exclusivity(unchecked) var txReadStamp: [UInt32] = []
@@ -317,6 +321,7 @@ public final class Transaction {
     deinit {
         arenaBase.deallocate()
         cacheSlots?.deallocate()
+        prefilterPool?.deallocate()
     }
 
     // MARK: arena

@@ -521,36 +521,54 @@ enum T {
 
 /// SHA-1 (t:sha1; CRS hashes the User-Agent for the IP collection key).
 enum SHA1 {
+    /// One pass over the message in 64-byte blocks (the last one or two padded on the stack);
+    /// no per-byte array bounds checks or per-round branches (CRS hashes every request's
+    /// User-Agent with it).
     static func hash(_ message: Bytes) -> Bytes {
-        var h: [UInt32] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0]
-        var m = message
-        let ml = UInt64(message.count) &* 8
-        m.append(0x80)
-        while m.count % 64 != 56 { m.append(0) }
-        for i in (0..<8).reversed() { m.append(UInt8(truncatingIfNeeded: ml >> (UInt64(i) * 8))) }
-        var w = [UInt32](repeating: 0, count: 80)
-        for chunk in stride(from: 0, to: m.count, by: 64) {
-            for i in 0..<16 {
-                w[i] = UInt32(m[chunk + 4 * i]) << 24 | UInt32(m[chunk + 4 * i + 1]) << 16 | UInt32(m[chunk + 4 * i + 2]) << 8 | UInt32(m[chunk + 4 * i + 3])
+        var h: (UInt32, UInt32, UInt32, UInt32, UInt32) = (0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0)
+        let w = UnsafeMutablePointer<UInt32>.allocate(capacity: 80)
+        let tail = UnsafeMutablePointer<UInt8>.allocate(capacity: 128)
+        defer { w.deallocate(); tail.deallocate() }
+        message.withUnsafeBufferPointer { m in
+            let full = m.count / 64
+            if let base = m.baseAddress {
+                for b in 0..<full { block(base + b * 64, w, &h) }
             }
-            for i in 16..<80 { let x = w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]; w[i] = x << 1 | x >> 31 }
-            var a = h[0], b = h[1], c = h[2], d = h[3], e = h[4]
-            for i in 0..<80 {
-                let f: UInt32, k: UInt32
-                switch i {
-                case 0..<20: f = (b & c) | (~b & d); k = 0x5A827999
-                case 20..<40: f = b ^ c ^ d; k = 0x6ED9EBA1
-                case 40..<60: f = (b & c) | (b & d) | (c & d); k = 0x8F1BBCDC
-                default: f = b ^ c ^ d; k = 0xCA62C1D6
-                }
-                let t = (a << 5 | a >> 27) &+ f &+ e &+ k &+ w[i]
-                e = d; d = c; c = b << 30 | b >> 2; b = a; a = t
-            }
-            h[0] = h[0] &+ a; h[1] = h[1] &+ b; h[2] = h[2] &+ c; h[3] = h[3] &+ d; h[4] = h[4] &+ e
+            // Padding: the rest of the message, 0x80, zeros, then the bit length (big-endian).
+            let rest = m.count - full * 64
+            tail.initialize(repeating: 0, count: 128)
+            if rest > 0, let base = m.baseAddress { tail.update(from: base + full * 64, count: rest) }
+            tail[rest] = 0x80
+            let tailBlocks = rest < 56 ? 1 : 2
+            let bits = UInt64(m.count) &* 8
+            for i in 0..<8 { tail[tailBlocks * 64 - 1 - i] = UInt8(truncatingIfNeeded: bits >> (UInt64(i) * 8)) }
+            for b in 0..<tailBlocks { block(UnsafePointer(tail + b * 64), w, &h) }
         }
         var out = Bytes()
-        for v in h { out += [UInt8(v >> 24), UInt8(truncatingIfNeeded: v >> 16), UInt8(truncatingIfNeeded: v >> 8), UInt8(truncatingIfNeeded: v)] }
+        out.reserveCapacity(20)
+        for v in [h.0, h.1, h.2, h.3, h.4] {
+            out.append(UInt8(v >> 24)); out.append(UInt8(truncatingIfNeeded: v >> 16))
+            out.append(UInt8(truncatingIfNeeded: v >> 8)); out.append(UInt8(truncatingIfNeeded: v))
+        }
         return out
+    }
+
+    @inline(__always)
+    private static func block(_ p: UnsafePointer<UInt8>, _ w: UnsafeMutablePointer<UInt32>, _ h: inout (UInt32, UInt32, UInt32, UInt32, UInt32)) {
+        for i in 0..<16 {
+            w[i] = UInt32(p[4 * i]) << 24 | UInt32(p[4 * i + 1]) << 16 | UInt32(p[4 * i + 2]) << 8 | UInt32(p[4 * i + 3])
+        }
+        for i in 16..<80 { let x = w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]; w[i] = x << 1 | x >> 31 }
+        var a = h.0, b = h.1, c = h.2, d = h.3, e = h.4
+        @inline(__always) func round(_ f: UInt32, _ k: UInt32, _ wi: UInt32) {
+            let t = (a << 5 | a >> 27) &+ f &+ e &+ k &+ wi
+            e = d; d = c; c = b << 30 | b >> 2; b = a; a = t
+        }
+        for i in 0..<20 { round((b & c) | (~b & d), 0x5A827999, w[i]) }
+        for i in 20..<40 { round(b ^ c ^ d, 0x6ED9EBA1, w[i]) }
+        for i in 40..<60 { round((b & c) | (b & d) | (c & d), 0x8F1BBCDC, w[i]) }
+        for i in 60..<80 { round(b ^ c ^ d, 0xCA62C1D6, w[i]) }
+        h.0 = h.0 &+ a; h.1 = h.1 &+ b; h.2 = h.2 &+ c; h.3 = h.3 &+ d; h.4 = h.4 &+ e
     }
 }
 

@@ -76,6 +76,18 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
         #expect(Transform.replaceComments.apply(Array("a/*x*/b/*c".utf8)) == Array("a b ".utf8))
         #expect(Transform.utf8toUnicode.apply(Array("é".utf8)) == Array("%u00e9".utf8))
         #expect(T.hexEncode(SHA1.hash(Array("abc".utf8))) == Array("a9993e364706816aba3e25717850c26c9cd0d89d".utf8))
+        // Every padding case: empty, one block with and without room for the length, exact
+        // blocks, several blocks (digests from Python's hashlib).
+        let digests: [(Int, String)] = [
+            (0, "da39a3ee5e6b4b0d3255bfef95601890afd80709"), (55, "ddf57317ef34bfee3b6df83d359098930eb278bc"),
+            (56, "a0d492bb0fc889d0eca3bc137066ab6f4f74f369"), (63, "c55856749bef509bdfe6bfebfc7bf4e793e82132"),
+            (64, "bede92be29c3874e1b54ddc77988d606fc857a8e"), (119, "504e27376a6e0f0dba8295b85cb25dc4dfa17d23"),
+            (120, "82134b02fb3f702491be9bed581eeab59334acb2"), (1000, "4231a8a50a10fa9758db8ec71fdef855b751048a"),
+        ]
+        for (n, hex) in digests {
+            let message = (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+            #expect(T.hexEncode(SHA1.hash(message)) == Array(hex.utf8), "length \(n)")
+        }
         #expect(Transform.base64Decode.apply(Array("aGVsbG8=".utf8)) == Array("hello".utf8))
         #expect(Transform.compressWhitespace.apply(Array("a \t\n b".utf8)) == Array("a b".utf8))
     }
@@ -362,7 +374,7 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
                 for g in pf.groups.indices {
                     for s in 0..<Prefilter.slotCount {
                         let off = tx.prefilterBits(pf, group: g, slot: s)
-                        out.append(Array(tx.prefilterPool[off..<(off + pf.words)]))
+                        out.append(tx.prefilterPool.map { Array(UnsafeBufferPointer(start: $0 + off, count: pf.words)) } ?? [])
                     }
                 }
                 return out

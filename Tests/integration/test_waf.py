@@ -58,7 +58,7 @@ def test_attacks_blocked_with_403_and_audit_lines(proxy, upstream, tmp_path):
     for method, path, headers, body, family in ATTACKS:
         r, rid = send(p, method, path, headers, body)
         assert r.status == 403, (path, r.status, r.body)
-        assert r.header("x-request-id") == rid
+        assert [v for k, v in r.headers if k == "x-request-id"] == [rid], r.headers
         lines = wait_until(lambda: [l for l in audit_lines(audit, rid) if l["rule_id"] == 949110], 5, desc="949110 line")
         assert lines[0]["disruptive"] is True
         ids = [l["rule_id"] for l in audit_lines(audit, rid)]

@@ -138,8 +138,8 @@ final class WAFFilter: HTTPFilter {
             return .proceed
         }
         factory.metrics.blocked.increment(shard: context.shard)
+        // The connection adds x-request-id to every local reply.
         var headers = HTTPHeaders()
-        headers.add(name: "x-request-id", value: context.requestID)
         var status = i.status
         if let loc = i.redirect { headers.add(name: "location", value: loc) }
         if status < 200 || status > 599 { status = 403 }
