@@ -343,17 +343,21 @@ public struct EngineSettings: Sendable {
 
 /// A rule link of the shapes CRS uses for control flow and set-up, `SecRule
 /// TX:EXECUTING_PARANOIA_LEVEL "@lt 2" "...,skipAfter:..."`, `SecRule &TX:x "@eq 0"
-/// "...,setvar:tx.x=5"` and `SecRule TX:ANOMALY_SCORE "@ge %{tx.threshold}"`: one exact TX key
-/// (or its count), no exclusions or transformations, a numeric operator whose operand is a
-/// constant or one TX variable, no capture. About 120 such links run per request; they are
-/// decided from a cached TX read instead of the general evaluator (a match then runs the same
-/// `noteMatch`, setvars included).
+/// "...,setvar:tx.x=5"`, `SecRule &TX:x|TX:x "@eq 0"` (the application exclusion switches)
+/// and `SecRule TX:ANOMALY_SCORE "@ge %{tx.threshold}"`: exact TX keys (or their counts), no
+/// exclusions or transformations, a numeric operator whose operand is a constant or one TX
+/// variable, no capture. About 130 such links run per request; they are decided from cached
+/// TX reads instead of the general evaluator (each match then runs the same `noteMatch`,
+/// setvars included, in target order).
 final class TxCompare: Sendable {
     enum Kind { case eq, ge, gt, le, lt }
-    let keyID: Int
-    let key: String
-    /// `&TX:key`: the operator sees 1 or 0 (set or not).
-    let count: Bool
+    /// One target: `TX:key`, or `&TX:key` (`count`: the operator sees 1 or 0, set or not).
+    struct Operand: Sendable {
+        let keyID: Int
+        let key: String
+        let count: Bool
+    }
+    let targets: [Operand]
     let kind: Kind
     /// The constant operand (when `operandKey` is nil).
     let operand: Int
@@ -364,7 +368,7 @@ final class TxCompare: Sendable {
     let negated: Bool
 
     init?(_ r: Rule, intern: (String) -> Int) {
-        guard r.targets.count == 1, r.exclusions.isEmpty, r.transforms.isEmpty, !r.capture, !r.multiMatch else { return nil }
+        guard !r.targets.isEmpty, r.exclusions.isEmpty, r.transforms.isEmpty, !r.capture, !r.multiMatch else { return nil }
         var operandKey: String?
         var operandKeyID = -1
         if !r.op.param.isConstant {
@@ -374,8 +378,12 @@ final class TxCompare: Sendable {
         }
         self.operandKey = operandKey
         self.operandKeyID = operandKeyID
-        let t = r.targets[0]
-        guard t.collection == .tx, case .exact(let k) = t.key else { return nil }
+        var targets: [Operand] = []
+        for t in r.targets {
+            guard t.collection == .tx, case .exact(let k) = t.key else { return nil }
+            targets.append(Operand(keyID: intern(k), key: k, count: t.count))
+        }
+        self.targets = targets
         switch r.op.kind {
         case .eq: kind = .eq
         case .ge: kind = .ge
@@ -384,9 +392,6 @@ final class TxCompare: Sendable {
         case .lt: kind = .lt
         default: return nil
         }
-        key = k
-        keyID = intern(k)
-        count = t.count
         param = r.op.param.constant
         operand = parseLeadingInt(param)
         negated = r.op.negated

@@ -613,7 +613,7 @@ public final class Transaction {
     @inline(__always)
     func linkMatches(_ l: Rule, starter: Rule) -> Bool {
         if targetRemovalsByID.isEmpty, targetRemovalsByTag.isEmpty {
-            if l.txCompare != nil { return txCompareMatches(l, starter: starter) }
+            if useFastPath, l.txCompare != nil { return txCompareMatches(l, starter: starter) }
             if useFastPath, let plan = l.fast {
                 if l.prefilterBit >= 0, usePrefilter, !prefilterMayMatch(l) { return false }
                 if !fastMayMatch(l, plan) { return false }
@@ -676,39 +676,43 @@ public final class Transaction {
     func txCompareMatches(_ r: Rule, starter: Rule) -> Bool {
         currentRule = starter
         guard let c = r.txCompare else { return false }
-        let kv = txRead(c.keyID, c.key)
-        let n: Int
-        if c.count { n = kv == nil ? 0 : 1 } else {
-            guard let kv else { return false }
-            n = parseLeadingInt(buffer(kv.value))
+        var matched = false
+        for t in c.targets {
+            let kv = txRead(t.keyID, t.key)
+            let n: Int
+            if t.count { n = kv == nil ? 0 : 1 } else {
+                guard let kv else { continue }
+                n = parseLeadingInt(buffer(kv.value))
+            }
+            var operand = c.operand
+            var param: Bytes?
+            if let ok = c.operandKey {
+                // As the general evaluator expands it: an unset variable is an empty operand (0).
+                let p = collections.slots[Collection.tx.ordinal].entry(id: c.operandKeyID, ok)?.value ?? []
+                operand = parseLeadingInt(p)
+                param = p
+            }
+            var m: Bool
+            switch c.kind {
+            case .eq: m = n == operand
+            case .ge: m = n >= operand
+            case .gt: m = n > operand
+            case .le: m = n <= operand
+            case .lt: m = n < operand
+            }
+            if c.negated { m = !m }
+            guard m else { continue }
+            lastOperatorParamText = nil
+            lastOperatorParam = param ?? c.param
+            if t.count {
+                let v = store(n.bytes)
+                noteMatch(Value(collection: .tx, key: .none, value: v, id: -1), v, r)
+            } else if let kv {
+                noteMatch(Value(collection: .tx, key: kv.key, value: kv.value, id: -1), kv.value, r)
+            }
+            matched = true
         }
-        var operand = c.operand
-        var param: Bytes?
-        if let ok = c.operandKey {
-            // As the general evaluator expands it: an unset variable is an empty operand (0).
-            let p = collections.slots[Collection.tx.ordinal].entry(id: c.operandKeyID, ok)?.value ?? []
-            operand = parseLeadingInt(p)
-            param = p
-        }
-        var m: Bool
-        switch c.kind {
-        case .eq: m = n == operand
-        case .ge: m = n >= operand
-        case .gt: m = n > operand
-        case .le: m = n <= operand
-        case .lt: m = n < operand
-        }
-        if c.negated { m = !m }
-        guard m else { return false }
-        lastOperatorParamText = nil
-        lastOperatorParam = param ?? c.param
-        if c.count {
-            let v = store(n.bytes)
-            noteMatch(Value(collection: .tx, key: .none, value: v, id: -1), v, r)
-        } else if let kv {
-            noteMatch(Value(collection: .tx, key: kv.key, value: kv.value, id: -1), kv.value, r)
-        }
-        return true
+        return matched
     }
 
     /// TX:key by its interned id: the key's and value's spans in the arena, or nil when unset.

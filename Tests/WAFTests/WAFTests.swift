@@ -19,7 +19,7 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
     tx.usePrefilter = prefilter
     tx.useFastPath = fastPath
     var h = headers
-    if let body, !h.contains(where: { $0.0.lowercased() == "content-type" }) { h.append(("Content-Type", "application/x-www-form-urlencoded")) }
+    if body != nil, !h.contains(where: { $0.0.lowercased() == "content-type" }) { h.append(("Content-Type", "application/x-www-form-urlencoded")) }
     if let body { h.append(("Content-Length", String(body.utf8.count))) }
     if tx.processRequestHeaders(method: method, target: target, protocol: "HTTP/1.1", headers: h) == nil {
         if let body { tx.appendRequestBody(Array(body.utf8)) }
@@ -148,6 +148,32 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
 }
 
 @Suite struct EvaluationTests {
+    @Test func txComparisonsDecideLikeTheGeneralEvaluator() throws {
+        // `&TX:x|TX:x "@eq 0"` (CRS's application exclusion switches) and friends: the TX
+        // comparison path must match the same values, in the same order, with the same side
+        // effects (setvar per match, MATCHED_VAR(_NAME) in macros, skipAfter) as the general one.
+        let rs = try load("""
+            SecRule ARGS:flag "@rx ^(.*)$" "id:1,phase:1,pass,nolog,capture,setvar:tx.flag=%{tx.1}"
+            SecRule &TX:flag|TX:flag "@eq 0" "id:2,phase:1,pass,log,msg:'eq %{MATCHED_VAR_NAME}=%{MATCHED_VAR}',setvar:tx.hits=+1"
+            SecRule &TX:flag|TX:flag "@le 1" "id:3,phase:1,pass,log,msg:'le %{MATCHED_VAR_NAME}=%{MATCHED_VAR}',setvar:tx.hits=+1"
+            SecRule TX:hits "@ge 2" "id:4,phase:1,pass,log,msg:'hits %{MATCHED_VAR}'"
+            SecRule &TX:flag|TX:flag "@eq 0" "id:5,phase:1,pass,nolog,skipAfter:END"
+            SecAction "id:6,phase:1,pass,log,msg:'not skipped'"
+            SecMarker END
+            """)
+        for target in ["/", "/?flag=0", "/?flag=1", "/?flag=2", "/?flag=x"] {
+            func decided(fast: Bool) -> [String] {
+                run(rs, target: target, fastPath: fast).matches.map { "\($0.id) \($0.msg)" }
+            }
+            let fast = decided(fast: true)
+            #expect(fast == decided(fast: false), "\(target)")
+            #expect(!fast.isEmpty, "\(target)")
+        }
+        // flag=1: both targets of rule 3 match, so its setvar runs twice (one log line per rule).
+        #expect(run(rs, target: "/?flag=1").matches.map { "\($0.id) \($0.msg)" } == ["3 le TX:flag=1", "4 hits 2", "6 not skipped"])
+        #expect(run(rs, target: "/").matches.map(\.id) == [2, 3, 4])
+    }
+
     @Test func anomalyScoringLikeCRS() throws {
         let rs = try load("""
         SecDefaultAction "phase:2,log,auditlog,pass"
