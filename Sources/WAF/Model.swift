@@ -310,6 +310,7 @@ final class Rule: @unchecked Sendable {
     @exclusivity(unchecked) var prefilterGroup: Int32 = 0
     @exclusivity(unchecked) var prefilterSlots: UInt32 = 0
     @exclusivity(unchecked) var prefilterXML = false
+    var probe: PrefilterProbe { PrefilterProbe(bit: prefilterBit, group: prefilterGroup, slots: prefilterSlots, xml: prefilterXML) }
     /// Set when the link is a plain numeric test of one TX variable (see `TxCompare`).
     @exclusivity(unchecked) var txCompare: TxCompare?
 

@@ -18,6 +18,8 @@ public final class RuleSet: @unchecked Sendable {
     public let warnings: [RuleDiagnostic]
     /// The literal prefilter over the rules that have required literals (nil: none do).
     let prefilter: Prefilter?
+    /// Per phase, aligned with `phases`: each entry's prefilter facts (markers: none).
+    let probes: [[PrefilterProbe]]
     /// The TX keys the rules name, numbered at load (`VarStore.fixed`).
     let txKeys: TxKeyTable
     /// Per transformation chain (`Rule.transformChainID`), `Transform.triggers` of the chain.
@@ -28,6 +30,7 @@ public final class RuleSet: @unchecked Sendable {
     init(settings: EngineSettings, phases: [[Rule]], markers: [[String: Int]], defaultDisruptive: [Disruptive],
          defaultLog: [Bool], rulesByID: [Int: Rule], files: [String], warnings: [RuleDiagnostic], prefilter: Prefilter?, txKeys: TxKeyTable, chainTriggers: [UInt32]) {
         self.settings = settings; self.phases = phases; self.markers = markers; self.prefilter = prefilter
+        probes = phases.map { list in list.map { $0.isMarker || prefilter == nil ? PrefilterProbe() : $0.probe } }
         self.txKeys = txKeys
         self.chainTriggers = chainTriggers
         captureKeyIDs = (0...9).map { txKeys.ids[String($0)] ?? -1 }

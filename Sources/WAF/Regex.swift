@@ -279,6 +279,35 @@ struct IPMatcher: Sendable {
         return false
     }
 
+    /// The same for a value's bytes: IPv4 (CRS tests REMOTE_ADDR on every request) parsed
+    /// in place, anything else as a string.
+    func contains(_ v: UnsafeBufferPointer<UInt8>) -> Bool {
+        if let a = IPMatcher.parseV4(v) { return v4.contains { a & $0.1 == $0.0 } }
+        if !v.contains(UInt8(ascii: ":")) { return false }
+        return contains(String(decoding: v, as: UTF8.self))
+    }
+
+    /// Dotted quad of 1–3 decimal digits per part, each at most 255.
+    static func parseV4(_ s: UnsafeBufferPointer<UInt8>) -> UInt32? {
+        var v: UInt32 = 0, part: UInt32 = 0, digits = 0, dots = 0
+        for c in s {
+            if c == UInt8(ascii: ".") {
+                guard digits > 0, dots < 3 else { return nil }
+                v = v << 8 | part
+                part = 0; digits = 0; dots += 1
+            } else if c >= 48 && c <= 57 {
+                digits += 1
+                guard digits <= 3 else { return nil }
+                part = part * 10 + UInt32(c - 48)
+                guard part <= 255 else { return nil }
+            } else {
+                return nil
+            }
+        }
+        guard dots == 3, digits > 0 else { return nil }
+        return v << 8 | part
+    }
+
     static func parseV4(_ s: Substring) -> UInt32? {
         let parts = s.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 4 else { return nil }

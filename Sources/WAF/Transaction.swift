@@ -520,9 +520,16 @@ public final class Transaction {
             if a == .all && p < 5 { return nil }
             if a == .request && p <= 2 { return nil }
         }
-        let list = rs.phases[p]
+        let list = rs.phases[p], probes = rs.probes[p]
         var i = 0
         while i < list.count {
+            // The starter's literals appear nowhere: the rule cannot match (what `linkMatches`
+            // would find), decided without touching the rule.
+            if probes[i].bit >= 0, useFastPath, usePrefilter, targetRemovalsByID.isEmpty, targetRemovalsByTag.isEmpty,
+               !prefilterMayMatch(probes[i]) {
+                i += 1
+                continue
+            }
             let r = list[i]
             i += 1
             if r.isMarker || isRemoved(r) { continue }
@@ -1265,7 +1272,7 @@ public final class Transaction {
         case .validateByteRange(let allowed): r = v.contains { !allowed[Int($0)] }
         case .validateUrlEncoding: r = !Transaction.validURLEncoding(v)
         case .validateUtf8Encoding: r = !Transaction.validUTF8(v)
-        case .ipMatch(let m): r = m.contains(String(latin1: v))
+        case .ipMatch(let m): r = m.contains(v)
         case .detectSQLi:
             var fp = [CChar](repeating: 0, count: 8)
             let res = v.withMemoryRebound(to: CChar.self) { c in fp.withUnsafeMutableBufferPointer { cinjection_sqli(c.baseAddress, c.count, $0.baseAddress) } }

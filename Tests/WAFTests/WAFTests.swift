@@ -144,6 +144,12 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
         #expect(m?.contains("11.2.3.4") == false)
         #expect(m?.contains("2001:db8:1::5") == true)
         #expect(m?.contains("::1") == true)
+        // The byte form (what rules run) agrees with the string form, malformed input included.
+        for s in ["10.2.3.4", "127.0.0.1", "11.2.3.4", "10.0.0", "10.0.0.0.1", "10..0.1", "10.0.0.256", "010.0.0.1",
+                  "1000.0.0.1", "10.0.0.1 ", "", ".", "::1", "2001:db8:1::5", "2001:db9::1", "::ffff:10.0.0.1", "x"] {
+            let bytes = Array(s.utf8)
+            #expect(bytes.withUnsafeBufferPointer { m?.contains($0) } == m?.contains(s), "\(s)")
+        }
     }
 }
 
