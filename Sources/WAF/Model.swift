@@ -257,17 +257,48 @@ enum CtlAction: Sendable {
 }
 
 /// One SecRule / SecAction / SecMarker (chained links hang off `chained`).
+///
+/// Stored properties are laid out in declaration order: what the rule loop reads for every
+/// rule it visits comes first, so a visit touches the first few cache lines of the object
+/// (a request visits hundreds of rules; the audit and log fields are read only on a match).
 final class Rule: @unchecked Sendable {
+    // Read on every visit.
+    @exclusivity(unchecked) var marker: String?
+    /// Set when the link is a plain numeric test of TX variables (see `TxCompare`).
+    @exclusivity(unchecked) var txCompare: TxCompare?
+    /// The "can it match at all?" pre-test, for rules of the shape it covers (set at finish).
+    @exclusivity(unchecked) var fast: FastPlan?
+    /// The literal prefilter's bit for this link (-1: none), its chain group and the sources
+    /// it reads (bit n: `Prefilter.Slot(rawValue: n)`), plus whether it also reads XML.
+    @exclusivity(unchecked) var prefilterBit: Int32 = -1
+    @exclusivity(unchecked) var prefilterGroup: Int32 = 0
+    @exclusivity(unchecked) var prefilterSlots: UInt32 = 0
+    @exclusivity(unchecked) var prefilterXML = false
+    @exclusivity(unchecked) var capture = false
+    @exclusivity(unchecked) var multiMatch = false
+    @exclusivity(unchecked) var chained: Rule?
     @exclusivity(unchecked) var id: Int = 0
-    @exclusivity(unchecked) var phase: Int = 2
+    // Read when the rule is evaluated or matches.
     @exclusivity(unchecked) var targets: [Target] = []
     @exclusivity(unchecked) var exclusions: [Exclusion] = []
     @exclusivity(unchecked) var op = Operator(kind: .unconditional, negated: false, param: Macro(""), name: "unconditionalMatch")
     @exclusivity(unchecked) var transforms: [Transform] = []
     @exclusivity(unchecked) var transformChainID = 0
-    @exclusivity(unchecked) var hasTNone = false
+    @exclusivity(unchecked) var setvars: [SetVar] = []
+    @exclusivity(unchecked) var initcols: [(Collection, Macro)] = []
+    /// expirevar: collection, variable name, seconds (macros allowed in both).
+    @exclusivity(unchecked) var expirevars: [(Collection, Macro, Macro)] = []
+    @exclusivity(unchecked) var ctls: [CtlAction] = []
     @exclusivity(unchecked) var disruptive: Disruptive?
+    @exclusivity(unchecked) var log: Bool?
+    @exclusivity(unchecked) var skip = 0
+    /// Index of the `skipAfter` marker in this rule's phase list (set at finalize; nil: not found).
+    @exclusivity(unchecked) var skipAfterIndex: Int?
+    @exclusivity(unchecked) var skipAfter: String?
     @exclusivity(unchecked) var status: Int?
+    // Read at load, or for the audit text of a match.
+    @exclusivity(unchecked) var phase: Int = 2
+    @exclusivity(unchecked) var hasTNone = false
     @exclusivity(unchecked) var msg: Macro?
     @exclusivity(unchecked) var logdata: Macro?
     @exclusivity(unchecked) var tags: [String] = []
@@ -276,22 +307,8 @@ final class Rule: @unchecked Sendable {
     @exclusivity(unchecked) var rev: String?
     @exclusivity(unchecked) var maturity: String?
     @exclusivity(unchecked) var accuracy: String?
-    @exclusivity(unchecked) var log: Bool?
     @exclusivity(unchecked) var auditlog: Bool?
-    @exclusivity(unchecked) var capture = false
-    @exclusivity(unchecked) var multiMatch = false
-    @exclusivity(unchecked) var setvars: [SetVar] = []
-    @exclusivity(unchecked) var initcols: [(Collection, Macro)] = []
-    /// expirevar: collection, variable name, seconds (macros allowed in both).
-    @exclusivity(unchecked) var expirevars: [(Collection, Macro, Macro)] = []
-    @exclusivity(unchecked) var ctls: [CtlAction] = []
-    @exclusivity(unchecked) var skip = 0
-    @exclusivity(unchecked) var skipAfter: String?
-    /// Index of the `skipAfter` marker in this rule's phase list (set at finalize; nil: not found).
-    @exclusivity(unchecked) var skipAfterIndex: Int?
     @exclusivity(unchecked) var chain = false
-    @exclusivity(unchecked) var chained: Rule?
-    @exclusivity(unchecked) var marker: String?
     @exclusivity(unchecked) var file = ""
     /// The fixed parts of this rule's audit text (`RuleMatch.headText`/`tailText`), JSON-escaped
     /// at load: every match of the rule copies them instead of escaping them again.
@@ -302,18 +319,8 @@ final class Rule: @unchecked Sendable {
     /// Index of this rule in its phase list (set at finalize).
     @exclusivity(unchecked) var index = 0
     @exclusivity(unchecked) var idString = "0"
-    /// The "can it match at all?" pre-test, for rules of the shape it covers (set at finish).
-    @exclusivity(unchecked) var fast: FastPlan?
-    /// The literal prefilter's bit for this link (-1: none), its chain group and the sources
-    /// it reads (bit n: `Prefilter.Slot(rawValue: n)`), plus whether it also reads XML.
-    @exclusivity(unchecked) var prefilterBit: Int32 = -1
-    @exclusivity(unchecked) var prefilterGroup: Int32 = 0
-    @exclusivity(unchecked) var prefilterSlots: UInt32 = 0
-    @exclusivity(unchecked) var prefilterXML = false
-    var probe: PrefilterProbe { PrefilterProbe(bit: prefilterBit, group: prefilterGroup, slots: prefilterSlots, xml: prefilterXML) }
-    /// Set when the link is a plain numeric test of one TX variable (see `TxCompare`).
-    @exclusivity(unchecked) var txCompare: TxCompare?
 
+    var probe: PrefilterProbe { PrefilterProbe(bit: prefilterBit, group: prefilterGroup, slots: prefilterSlots, xml: prefilterXML) }
     var isMarker: Bool { marker != nil }
 }
 
