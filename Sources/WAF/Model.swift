@@ -365,7 +365,11 @@ final class TxCompare: Sendable {
         let key: String
         let count: Bool
     }
-    let targets: [Operand]
+    /// The first target, inline (most links have one), and the others.
+    let keyID: Int
+    let key: String
+    let count: Bool
+    let more: [Operand]
     let kind: Kind
     /// The constant operand (when `operandKey` is nil).
     let operand: Int
@@ -391,7 +395,11 @@ final class TxCompare: Sendable {
             guard t.collection == .tx, case .exact(let k) = t.key else { return nil }
             targets.append(Operand(keyID: intern(k), key: k, count: t.count))
         }
-        self.targets = targets
+        guard let first = targets.first else { return nil }
+        keyID = first.keyID
+        key = first.key
+        count = first.count
+        more = Array(targets.dropFirst())
         switch r.op.kind {
         case .eq: kind = .eq
         case .ge: kind = .ge

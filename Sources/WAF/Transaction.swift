@@ -265,11 +265,11 @@ public final class Transaction {
     @exclusivity(unchecked) var prefilterPool: UnsafeMutablePointer<UInt64>?
     @exclusivity(unchecked) var prefilterPoolCount = 0
     @exclusivity(unchecked) var prefilterPoolCapacity = 0
-    /// TX reads by interned key (`RuleSet.txKeys`): the arena spans of the slot's value as of
-    /// the write stamped `txReadStamp[id]` (0: never read).
-    @exclusivity(unchecked) var txReadStamp: [UInt32] = []
-    @exclusivity(unchecked) var txReadKey: [Span] = []
-    @exclusivity(unchecked) var txReadValue: [Span] = []
+    /// TX reads by interned key (`RuleSet.txKeys`), one record per key (one cache line per
+    /// read): the arena spans of the slot's key and value and the value's leading integer, as
+    /// of the write stamped `stamp` (0: never read).
+    struct TxReadCache { var stamp: UInt32 = 0; var key = Span.none; var value = Span.none; var number = 0 }
+    @exclusivity(unchecked) var txReads: [TxReadCache] = []
     /// `ByteSummary.packed` of values by id (0: not computed yet).
     @exclusivity(unchecked) var summaries: [UInt32] = []
     /// Per value id, the offset in `prefilterPool` of its shared scan (-1: not scanned yet).
@@ -683,65 +683,67 @@ public final class Transaction {
     func txCompareMatches(_ r: Rule, starter: Rule) -> Bool {
         currentRule = starter
         guard let c = r.txCompare else { return false }
-        var matched = false
-        for t in c.targets {
-            let kv = txRead(t.keyID, t.key)
-            let n: Int
-            if t.count { n = kv == nil ? 0 : 1 } else {
-                guard let kv else { continue }
-                n = parseLeadingInt(buffer(kv.value))
-            }
-            var operand = c.operand
-            var param: Bytes?
-            if let ok = c.operandKey {
-                // As the general evaluator expands it: an unset variable is an empty operand (0).
-                let p = collections.slots[Collection.tx.ordinal].entry(id: c.operandKeyID, ok)?.value ?? []
-                operand = parseLeadingInt(p)
-                param = p
-            }
-            var m: Bool
-            switch c.kind {
-            case .eq: m = n == operand
-            case .ge: m = n >= operand
-            case .gt: m = n > operand
-            case .le: m = n <= operand
-            case .lt: m = n < operand
-            }
-            if c.negated { m = !m }
-            guard m else { continue }
-            lastOperatorParamText = nil
-            lastOperatorParam = param ?? c.param
-            if t.count {
-                let v = store(n.bytes)
-                noteMatch(Value(collection: .tx, key: .none, value: v, id: -1), v, r)
-            } else if let kv {
-                noteMatch(Value(collection: .tx, key: kv.key, value: kv.value, id: -1), kv.value, r)
-            }
-            matched = true
-        }
+        var matched = txCompareTarget(c, c.keyID, c.key, c.count, r)
+        for t in c.more where txCompareTarget(c, t.keyID, t.key, t.count, r) { matched = true }
         return matched
     }
 
-    /// TX:key by its interned id: the key's and value's spans in the arena, or nil when unset.
-    /// The spans are stored once per write of the slot (its stamp), not once per read.
-    func txRead(_ id: Int, _ key: String) -> (key: Span, value: Span)? {
+    /// One target of a TX comparison: true (after `noteMatch`) when its value matches.
+    @inline(__always)
+    private func txCompareTarget(_ c: TxCompare, _ keyID: Int, _ key: String, _ count: Bool, _ r: Rule) -> Bool {
+        guard let read = txRead(keyID, key) else {
+            return count && txCompareMatched(c, n: 0, count: true, read: nil, r)
+        }
+        return txCompareMatched(c, n: count ? 1 : read.number, count: count, read: read, r)
+    }
+
+    private func txCompareMatched(_ c: TxCompare, n: Int, count: Bool, read: TxReadCache?, _ r: Rule) -> Bool {
+        var operand = c.operand
+        var param: Bytes?
+        if let ok = c.operandKey {
+            // As the general evaluator expands it: an unset variable is an empty operand (0).
+            let p = collections.slots[Collection.tx.ordinal].entry(id: c.operandKeyID, ok)?.value ?? []
+            operand = parseLeadingInt(p)
+            param = p
+        }
+        var m: Bool
+        switch c.kind {
+        case .eq: m = n == operand
+        case .ge: m = n >= operand
+        case .gt: m = n > operand
+        case .le: m = n <= operand
+        case .lt: m = n < operand
+        }
+        if c.negated { m = !m }
+        guard m else { return false }
+        lastOperatorParamText = nil
+        lastOperatorParam = param ?? c.param
+        if count {
+            let v = store(n.bytes)
+            noteMatch(Value(collection: .tx, key: .none, value: v, id: -1), v, r)
+        } else if let read {
+            noteMatch(Value(collection: .tx, key: read.key, value: read.value, id: -1), read.value, r)
+        }
+        return true
+    }
+
+    /// TX:key by its interned id, or nil when unset: the key's and value's spans in the arena
+    /// and the value's leading integer. Stored once per write of the slot (its stamp), not
+    /// once per read.
+    func txRead(_ id: Int, _ key: String) -> TxReadCache? {
         guard let state = collections.slots[Collection.tx.ordinal].slotState(id: id) else {
             guard let kv = collections.slots[Collection.tx.ordinal].entry(id: id, key) else { return nil }
-            return (store(kv.key), store(kv.value))
+            let v = store(kv.value)
+            return TxReadCache(stamp: 0, key: store(kv.key), value: v, number: parseLeadingInt(buffer(v)))
         }
         guard state.isSet else { return nil }
-        if txReadStamp.isEmpty {
-            txReadStamp = [UInt32](repeating: 0, count: rs.txKeys.count)
-            txReadKey = [Span](repeating: .none, count: rs.txKeys.count)
-            txReadValue = [Span](repeating: .none, count: rs.txKeys.count)
-        }
-        if txReadStamp[id] == state.stamp { return (txReadKey[id], txReadValue[id]) }
+        if txReads.isEmpty { txReads = [TxReadCache](repeating: TxReadCache(), count: rs.txKeys.count) }
+        if txReads[id].stamp == state.stamp { return txReads[id] }
         guard let kv = collections.slots[Collection.tx.ordinal].entry(id: id, key) else { return nil }
-        let ks = store(kv.key), vs = store(kv.value)
-        txReadStamp[id] = state.stamp
-        txReadKey[id] = ks
-        txReadValue[id] = vs
-        return (ks, vs)
+        let v = store(kv.value)
+        let read = TxReadCache(stamp: state.stamp, key: store(kv.key), value: v, number: parseLeadingInt(buffer(v)))
+        txReads[id] = read
+        return read
     }
 
     func noteMatch(_ v: Value, _ tv: Span, _ r: Rule) {

@@ -84,6 +84,31 @@ if let n = ProcessInfo.processInfo.environment["WAFBENCH_ITERATIONS"].flatMap(In
     exit(0)
 }
 
+// MIX=1: the three benign samples interleaved, as the proxy sees them, timed per request.
+// With MIXN=n as well: exactly n rounds and no timing, each request followed by a 4 MiB
+// sweep that stands in for the proxy and the kernel between two requests (the engine then
+// starts each request with cold caches, as in the proxy) - for cachegrind's cache simulation.
+if ProcessInfo.processInfo.environment["MIX"] != nil {
+    let mix = Array(samples[0..<3])
+    if let rounds = ProcessInfo.processInfo.environment["MIXN"].flatMap(Int.init) {
+        let sweep = UnsafeMutablePointer<UInt8>.allocate(capacity: 4 << 20)
+        sweep.initialize(repeating: 0, count: 4 << 20)
+        for _ in 0..<rounds {
+            for s in mix {
+                _ = run(s, 1)
+                for k in stride(from: 0, to: 4 << 20, by: 64) { sweep[k] &+= 1 }
+            }
+        }
+        exit(0)
+    }
+    for _ in 0..<3 { for s in mix { _ = run(s, 1) } }
+    let start = Date()
+    var n = 0
+    while Date().timeIntervalSince(start) < seconds { for s in mix { _ = run(s, 1) }; n += 3 }
+    print(String(format: "benign mix, interleaved %8.1f µs/request", Date().timeIntervalSince(start) * 1e6 / Double(n)))
+    exit(0)
+}
+
 for s in samples where only == nil || s.name == only {
     _ = run(s, 50)
     var n = 0
