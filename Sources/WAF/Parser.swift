@@ -30,7 +30,9 @@ public final class RuleSet: @unchecked Sendable {
     init(settings: EngineSettings, phases: [[Rule]], markers: [[String: Int]], defaultDisruptive: [Disruptive],
          defaultLog: [Bool], rulesByID: [Int: Rule], files: [String], warnings: [RuleDiagnostic], prefilter: Prefilter?, txKeys: TxKeyTable, chainTriggers: [UInt32]) {
         self.settings = settings; self.phases = phases; self.markers = markers; self.prefilter = prefilter
-        probes = phases.map { list in list.map { $0.isMarker || prefilter == nil ? PrefilterProbe() : $0.probe } }
+        probes = phases.map { list in
+            list.map { $0.isMarker ? PrefilterProbe(marker: true) : prefilter == nil ? PrefilterProbe() : $0.probe }
+        }
         self.txKeys = txKeys
         self.chainTriggers = chainTriggers
         captureKeyIDs = (0...9).map { txKeys.ids[String($0)] ?? -1 }

@@ -137,49 +137,64 @@ final class Prefilter: @unchecked Sendable {
 }
 
 /// Aho–Corasick over the literals of many rules: for a value, sets the bit of every rule that
-/// has a literal in it (ASCII case folded, as the literals are). Laid out for the cache: one
-/// 16-byte record per node, a node's edges packed next to each other as (byte << 24 | target),
-/// and a table of the bytes that occur in no literal (they always lead back to the root, so
-/// the scan skips the failure chain for them). Nodes with many edges — the shallow ones the
-/// scan of ordinary text keeps passing through — get a full row of 256 transitions with the
-/// failure chain already followed. What a node reports is one bitset (its literals' rules and
-/// those of its dictionary suffixes, deduplicated across nodes), ORed in a few words.
+/// has a literal in it (ASCII case folded, as the literals are). Laid out so that a step
+/// touches one cache line: the scan walks the automaton of a value per byte, and in the proxy
+/// it starts each request with cold caches (a full rule set's automata are megabytes).
+///
+/// - Bytes are numbered by class: 0 for a byte no literal contains (the scan goes back to the
+///   root without looking anything up), 1… for the others, upper case folded.
+/// - A state is a handle: its kind and index, and whether it reports. Nodes with many edges
+///   (the root and the shallow ones ordinary text keeps passing through) are dense: a row of
+///   transitions per class, the failure chain already followed. The others have at most
+///   `denseFrom - 1` edges, kept inline in their 16-byte record with the failure handle.
+/// - What a state reports is one bitset (its literals' rules and those of its dictionary
+///   suffixes, deduplicated across states), read only when the handle says it reports.
 final class LiteralScanner: @unchecked Sendable {
-    struct Node {
-        /// Edges: the first index in `edges`; for a dense node, its row in `dense`.
-        var edgeStart: UInt32
-        /// Number of edges, or `denseMark`.
-        var edgeCount: UInt16
-        /// 1 when the node reports a bitset.
-        var reports: UInt16
-        var fail: UInt32
-        /// The node's bitset: words `outSet * words ..< (outSet + 1) * words` of `sets`.
-        var outSet: UInt32
+    struct Sparse {
+        var t0: UInt32 = 0, t1: UInt32 = 0
+        var fail: UInt32 = 0
+        /// The classes of the edges to `t0`, `t1` (0: no edge).
+        var c0: UInt16 = 0, c1: UInt16 = 0
     }
-    private let nodes: UnsafeMutableBufferPointer<Node>
-    private let edges: UnsafeMutableBufferPointer<UInt32>
-    private let sets: UnsafeMutableBufferPointer<UInt64>
-    private let rootNext: UnsafeMutableBufferPointer<UInt32>
-    private let relevant: UnsafeMutableBufferPointer<Bool>
-    private let dense: UnsafeMutableBufferPointer<UInt32>
-    /// Words in a rule bitset.
-    let words: Int
-    static let denseMark: UInt16 = 0xffff
-    /// Nodes with at least this many edges get a dense row (1 KiB each).
+    static let reportBit: UInt32 = 1 << 31
+    static let denseBit: UInt32 = 1 << 30
+    static let indexMask: UInt32 = (1 << 30) - 1
+    /// Nodes with at least this many edges get a dense row (the root always does); a sparse
+    /// record holds `denseFrom - 1` edges.
     static let denseFrom = 3
 
+    private let classOf: UnsafeMutableBufferPointer<UInt16>
+    /// Row width: the number of classes (class 0 included).
+    private let classes: Int
+    private let dense: UnsafeMutableBufferPointer<UInt32>
+    private let sparse: UnsafeMutableBufferPointer<Sparse>
+    /// The bitset (index into `sets`, in units of `words`) a reporting dense row / sparse record reports.
+    private let denseOut: UnsafeMutableBufferPointer<UInt32>
+    private let sparseOut: UnsafeMutableBufferPointer<UInt32>
+    private let sets: UnsafeMutableBufferPointer<UInt64>
+    /// The root's handle (dense row 0).
+    private let root = LiteralScanner.denseBit
+    /// Words in a rule bitset.
+    let words: Int
+
     /// `literals`: (literal, rule bit < 64 * words). Nil when the automaton would not fit the
-    /// packed layout (2^24 nodes).
+    /// handles (2^30 states).
     init?(_ literals: [(Bytes, Int32)], words: Int) {
         let trie = AhoCorasickTrie(literals)
         let edgeLists = trie.edges, fail = trie.fail, out = trie.outputs
-        guard edgeLists.count < 1 << 24, words > 0 else { return nil }
+        guard edgeLists.count < 1 << 30, words > 0 else { return nil }
         self.words = words
-        var seen = [Bool](repeating: false, count: 256)
-        for e in edgeLists { for (c, _) in e { seen[Int(c)] = true } }
-        func isDense(_ n: Int) -> Bool { n != 0 && edgeLists[n].count >= LiteralScanner.denseFrom }
-        let denseRows = edgeLists.indices.filter(isDense).count
-        let edgeTotal = edgeLists.indices.filter { !isDense($0) }.reduce(0) { $0 + edgeLists[$1].count }
+        // Byte classes: every byte some literal contains (the trie folded case), both cases alike.
+        var cls = [UInt16](repeating: 0, count: 256)
+        var byteOfClass: [UInt8] = [0]
+        for e in edgeLists {
+            for (c, _) in e where cls[Int(c)] == 0 {
+                cls[Int(c)] = UInt16(byteOfClass.count)
+                byteOfClass.append(c)
+            }
+        }
+        for c in 65...90 where cls[c + 32] != 0 { cls[c] = cls[c + 32] }
+        classes = byteOfClass.count
         // Distinct output bitsets.
         var setIndex: [[UInt64]: Int] = [:]
         var setList: [[UInt64]] = []
@@ -189,65 +204,70 @@ final class LiteralScanner: @unchecked Sendable {
             for bit in out[n] where bit >= 0 && Int(bit) < 64 * words { b[Int(bit) >> 6] |= 1 << UInt64(bit & 63) }
             if let k = setIndex[b] { nodeSet[n] = k } else { setIndex[b] = setList.count; nodeSet[n] = setList.count; setList.append(b) }
         }
-        nodes = .allocate(capacity: edgeLists.count)
-        edges = .allocate(capacity: max(1, edgeTotal))
-        sets = .allocate(capacity: max(1, setList.count * words))
-        rootNext = .allocate(capacity: 256)
-        relevant = .allocate(capacity: 256)
-        dense = .allocate(capacity: max(1, denseRows * 256))
-        _ = rootNext.initialize(from: repeatElement(0, count: 256))
-        _ = relevant.initialize(from: seen)
-        _ = dense.initialize(from: repeatElement(0, count: dense.count))
-        for (i, b) in setList.enumerated() { for w in 0..<words { sets[i * words + w] = b[w] } }
-        // Nodes numbered breadth first: the shallow states a scan of ordinary text keeps
-        // returning to sit together in memory.
-        let order = trie.order
-        var newID = [UInt32](repeating: 0, count: edgeLists.count)
-        for (i, n) in order.enumerated() { newID[Int(n)] = UInt32(i) }
-        var e = 0, row = 0
-        for (i, old) in order.enumerated() {
+        // Handles, dense rows and sparse records each numbered breadth first: the shallow
+        // states a scan of ordinary text keeps returning to sit together in memory.
+        func isDense(_ n: Int) -> Bool { n == 0 || edgeLists[n].count >= LiteralScanner.denseFrom }
+        var handle = [UInt32](repeating: 0, count: edgeLists.count)
+        var denseNodes: [Int] = [], sparseNodes: [Int] = []
+        for old in trie.order {
             let n = Int(old)
-            let set = nodeSet[n], isRow = isDense(n)
-            nodes[i] = Node(edgeStart: UInt32(isRow ? row : e), edgeCount: isRow ? LiteralScanner.denseMark : UInt16(edgeLists[n].count),
-                            reports: set >= 0 ? 1 : 0, fail: newID[Int(fail[n])], outSet: UInt32(max(0, set)))
-            if isRow {
-                for c in 0..<256 where seen[c] { dense[row << 8 | c] = newID[Int(trie.step(Int32(n), UInt8(c)))] }
-                row += 1
+            let reports = nodeSet[n] >= 0 ? LiteralScanner.reportBit : 0
+            if isDense(n) {
+                handle[n] = LiteralScanner.denseBit | UInt32(denseNodes.count) | reports
+                denseNodes.append(n)
             } else {
-                for (c, t) in edgeLists[n] { edges[e] = UInt32(c) << 24 | newID[Int(t)]; e += 1 }
+                handle[n] = UInt32(sparseNodes.count) | reports
+                sparseNodes.append(n)
             }
         }
-        for (c, t) in edgeLists[0] { rootNext[Int(c)] = newID[Int(t)] }
+        classOf = .allocate(capacity: 256)
+        _ = classOf.initialize(from: cls)
+        dense = .allocate(capacity: max(1, denseNodes.count * classes))
+        _ = dense.initialize(from: repeatElement(LiteralScanner.denseBit, count: dense.count))
+        sparse = .allocate(capacity: max(1, sparseNodes.count))
+        _ = sparse.initialize(from: repeatElement(Sparse(), count: sparse.count))
+        denseOut = .allocate(capacity: max(1, denseNodes.count))
+        _ = denseOut.initialize(from: repeatElement(0, count: denseOut.count))
+        sparseOut = .allocate(capacity: max(1, sparseNodes.count))
+        _ = sparseOut.initialize(from: repeatElement(0, count: sparseOut.count))
+        sets = .allocate(capacity: max(1, setList.count * words))
+        _ = sets.initialize(from: repeatElement(0, count: sets.count))
+        for (i, b) in setList.enumerated() { for w in 0..<words { sets[i * words + w] = b[w] } }
+        for (row, n) in denseNodes.enumerated() {
+            for k in 1..<classes { dense[row * classes + k] = handle[Int(trie.step(Int32(n), byteOfClass[k]))] }
+            denseOut[row] = UInt32(max(0, nodeSet[n]))
+        }
+        for (i, n) in sparseNodes.enumerated() {
+            var r = Sparse(fail: handle[Int(fail[n])])
+            let e = edgeLists[n]
+            if e.count > 0 { r.c0 = cls[Int(e[0].0)]; r.t0 = handle[Int(e[0].1)] }
+            if e.count > 1 { r.c1 = cls[Int(e[1].0)]; r.t1 = handle[Int(e[1].1)] }
+            sparse[i] = r
+            sparseOut[i] = UInt32(max(0, nodeSet[n]))
+        }
     }
 
     deinit {
-        nodes.deallocate(); edges.deallocate(); sets.deallocate(); rootNext.deallocate(); relevant.deallocate(); dense.deallocate()
+        classOf.deallocate(); dense.deallocate(); sparse.deallocate(); denseOut.deallocate(); sparseOut.deallocate(); sets.deallocate()
     }
 
     /// ORs into `bits` (`words` words) the bit of every rule with a literal in `s`.
     func scan(_ s: UnsafeBufferPointer<UInt8>, into bits: UnsafeMutablePointer<UInt64>) {
-        var node: UInt32 = 0
+        var h = root
         for raw in s {
-            let c = lowerByte(raw)
-            if !relevant[Int(c)] { node = 0; continue }
+            let k = classOf[Int(raw)]
+            if k == 0 { h = root; continue }
             while true {
-                if node == 0 { node = rootNext[Int(c)]; break }
-                let nd = nodes[Int(node)]
-                if nd.edgeCount == LiteralScanner.denseMark { node = dense[Int(nd.edgeStart) << 8 | Int(c)]; break }
-                var k = Int(nd.edgeStart)
-                let end = k + Int(nd.edgeCount)
-                var found: UInt32 = 0
-                while k < end {
-                    let edge = edges[k]
-                    if edge >> 24 == UInt32(c) { found = edge & 0xff_ffff; break }
-                    k += 1
-                }
-                if found != 0 { node = found; break }
-                node = nd.fail
+                let i = Int(h & LiteralScanner.indexMask)
+                if h & LiteralScanner.denseBit != 0 { h = dense[i &* classes &+ Int(k)]; break }
+                let nd = sparse[i]
+                if nd.c0 == k { h = nd.t0; break }
+                if nd.c1 == k { h = nd.t1; break }
+                h = nd.fail
             }
-            let nd = nodes[Int(node)]
-            if nd.reports != 0 {
-                let base = Int(nd.outSet) * words
+            if h & LiteralScanner.reportBit != 0 {
+                let i = Int(h & LiteralScanner.indexMask)
+                let base = Int(h & LiteralScanner.denseBit != 0 ? denseOut[i] : sparseOut[i]) * words
                 for w in 0..<words { bits[w] |= sets[base + w] }
             }
         }
@@ -264,6 +284,9 @@ struct PrefilterProbe {
     var group: Int32 = 0
     var slots: UInt32 = 0
     var xml = false
+    /// A SecMarker: every phase's list holds every marker (skipAfter targets), and visiting
+    /// one does nothing, so the loop passes over it without touching it either.
+    var marker = false
 }
 
 extension Transaction {

@@ -523,6 +523,7 @@ public final class Transaction {
         let list = rs.phases[p], probes = rs.probes[p]
         var i = 0
         while i < list.count {
+            if probes[i].marker { i += 1; continue }
             // The starter's literals appear nowhere: the rule cannot match (what `linkMatches`
             // would find), decided without touching the rule.
             if probes[i].bit >= 0, useFastPath, usePrefilter, targetRemovalsByID.isEmpty, targetRemovalsByTag.isEmpty,

@@ -314,6 +314,31 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
 @Suite struct PrefilterTests {
     func lits(_ p: String) -> [String]? { RegexLiterals.required(Array(p.utf8)).map { $0.map { String(decoding: $0, as: UTF8.self) } } }
 
+    /// The scanner sets exactly the bits of the literals a text contains (ASCII case folded),
+    /// against a plain substring search: random literal sets over a small alphabet (so literals
+    /// share prefixes and suffixes, and nodes of every kind occur), random texts over the same
+    /// alphabet plus bytes no literal has.
+    @Test func scannerFindsExactlyTheContainedLiterals() throws {
+        var rng = SystemRandomNumberGenerator()
+        let alphabet: [UInt8] = Array("abcAB/<'".utf8) + [0x00, 0xE9]
+        func word(_ n: Int, _ extra: [UInt8] = []) -> [UInt8] { (0..<n).map { _ in (alphabet + extra).randomElement(using: &rng)! } }
+        for _ in 0..<200 {
+            let count = Int.random(in: 1...120, using: &rng)
+            let words = (count + 63) / 64
+            let literals = (0..<count).map { _ in word(Int.random(in: 1...6, using: &rng)).map(lowerByte) }
+            let scanner = try #require(LiteralScanner(literals.enumerated().map { ($1, Int32($0)) }, words: words))
+            for _ in 0..<20 {
+                let text = word(Int.random(in: 0...40, using: &rng), Array("Z .%".utf8))
+                var bits = [UInt64](repeating: 0, count: words)
+                text.withUnsafeBufferPointer { t in bits.withUnsafeMutableBufferPointer { scanner.scan(t, into: $0.baseAddress!) } }
+                let folded = text.map(lowerByte)
+                var expected = [UInt64](repeating: 0, count: words)
+                for (i, l) in literals.enumerated() where bytesFind(folded, l) != nil { expected[i >> 6] |= 1 << UInt64(i & 63) }
+                #expect(bits == expected, "\(literals.map { String(decoding: $0, as: UTF8.self) }) in \(String(decoding: text, as: UTF8.self))")
+            }
+        }
+    }
+
     /// `^.*$` is answered without PCRE2: the same as PCRE2 gives for an equivalent pattern.
     @Test func wholeValuePatternAgreesWithPCRE() throws {
         let fast = try Regex("^.*$"), slow = try Regex("^(?:.*)$")
