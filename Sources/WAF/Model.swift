@@ -278,6 +278,13 @@ final class Rule: @unchecked Sendable {
     @exclusivity(unchecked) var multiMatch = false
     @exclusivity(unchecked) var chained: Rule?
     @exclusivity(unchecked) var id: Int = 0
+    // Read when the rule matches (control flow first).
+    /// Index of the `skipAfter` marker in this rule's phase list (set at finalize; nil: not found).
+    @exclusivity(unchecked) var skipAfterIndex: Int?
+    @exclusivity(unchecked) var skip = 0
+    @exclusivity(unchecked) var skipAfter: String?
+    @exclusivity(unchecked) var disruptive: Disruptive?
+    @exclusivity(unchecked) var log: Bool?
     // Read when the rule is evaluated or matches.
     @exclusivity(unchecked) var targets: [Target] = []
     @exclusivity(unchecked) var exclusions: [Exclusion] = []
@@ -289,12 +296,6 @@ final class Rule: @unchecked Sendable {
     /// expirevar: collection, variable name, seconds (macros allowed in both).
     @exclusivity(unchecked) var expirevars: [(Collection, Macro, Macro)] = []
     @exclusivity(unchecked) var ctls: [CtlAction] = []
-    @exclusivity(unchecked) var disruptive: Disruptive?
-    @exclusivity(unchecked) var log: Bool?
-    @exclusivity(unchecked) var skip = 0
-    /// Index of the `skipAfter` marker in this rule's phase list (set at finalize; nil: not found).
-    @exclusivity(unchecked) var skipAfterIndex: Int?
-    @exclusivity(unchecked) var skipAfter: String?
     @exclusivity(unchecked) var status: Int?
     // Read at load, or for the audit text of a match.
     @exclusivity(unchecked) var phase: Int = 2
@@ -365,19 +366,23 @@ final class TxCompare: Sendable {
         let key: String
         let count: Bool
     }
-    /// The first target, inline (most links have one), and the others.
+    // Stored properties in declaration order: what every comparison reads fits in the
+    // object's first cache line (the header takes 16 bytes).
+    /// The first target, inline (most links have one).
     let keyID: Int
-    let key: String
-    let count: Bool
-    let more: [Operand]
-    let kind: Kind
-    /// The constant operand (when `operandKey` is nil).
+    /// The constant operand (when `operandKeyID` is -1).
     let operand: Int
-    let param: Bytes
-    /// `@ge %{tx.key}`: the operand is that TX variable's value, read when the link runs.
-    let operandKey: String?
+    /// `@ge %{tx.key}`: the interned id of the TX variable whose value is the operand, read
+    /// when the link runs (-1: the operand is constant).
     let operandKeyID: Int
+    let kind: Kind
+    let count: Bool
     let negated: Bool
+    let key: String
+    // Read on a match, or for the rare link with more than one target.
+    let more: [Operand]
+    let param: Bytes
+    let operandKey: String?
 
     init?(_ r: Rule, intern: (String) -> Int) {
         guard !r.targets.isEmpty, r.exclusions.isEmpty, r.transforms.isEmpty, !r.capture, !r.multiMatch else { return nil }

@@ -279,14 +279,27 @@ final class LiteralScanner: @unchecked Sendable {
 /// benign request without touching the rules themselves: no reference counting, and a few
 /// contiguous bytes per rule instead of several cache lines of a rule object.
 struct PrefilterProbe {
-    /// The link's bit (-1: not prefiltered).
-    var bit: Int32 = -1
-    var group: Int32 = 0
-    var slots: UInt32 = 0
-    var xml = false
+    /// The link's bit (-1: not prefiltered, also when the bit or group would not fit here:
+    /// the rule is then evaluated as if it had no prefilter bit).
+    let bit: Int16
+    let group: UInt16
+    /// The sources (bit n: `Prefilter.Slot(rawValue: n)`), plus `xmlFlag` and `markerFlag`.
+    private let packed: UInt32
+    static let xmlFlag: UInt32 = 1 << 30
     /// A SecMarker: every phase's list holds every marker (skipAfter targets), and visiting
     /// one does nothing, so the loop passes over it without touching it either.
-    var marker = false
+    static let markerFlag: UInt32 = 1 << 31
+
+    init(bit: Int32 = -1, group: Int32 = 0, slots: UInt32 = 0, xml: Bool = false, marker: Bool = false) {
+        let fits = bit >= 0 && bit <= Int32(Int16.max) && group >= 0 && group <= Int32(UInt16.max) && slots < PrefilterProbe.xmlFlag
+        self.bit = fits ? Int16(bit) : -1
+        self.group = fits ? UInt16(group) : 0
+        packed = (fits ? slots : 0) | (xml ? PrefilterProbe.xmlFlag : 0) | (marker ? PrefilterProbe.markerFlag : 0)
+    }
+
+    var slots: UInt32 { packed & (PrefilterProbe.xmlFlag - 1) }
+    var xml: Bool { packed & PrefilterProbe.xmlFlag != 0 }
+    var marker: Bool { packed & PrefilterProbe.markerFlag != 0 }
 }
 
 extension Transaction {

@@ -701,7 +701,7 @@ public final class Transaction {
     private func txCompareMatched(_ c: TxCompare, n: Int, count: Bool, read: TxReadCache?, _ r: Rule) -> Bool {
         var operand = c.operand
         var param: Bytes?
-        if let ok = c.operandKey {
+        if c.operandKeyID >= 0, let ok = c.operandKey {
             // As the general evaluator expands it: an unset variable is an empty operand (0).
             let p = collections.slots[Collection.tx.ordinal].entry(id: c.operandKeyID, ok)?.value ?? []
             operand = parseLeadingInt(p)
