@@ -270,8 +270,9 @@ final class Controller: Sendable {
 
     private func waitForDrain(deadline: UInt64) {
         if server.allDrained {
-            Diagnostics.log(.info, "drained; flushing spans and exiting")
+            Diagnostics.log(.info, "drained; flushing spans and audit lines, exiting")
             TracingExport.flushAndStop(within: 2_000_000_000)
+            AuditSinks.shared.flushAll()
             exit(0)
         }
         if monotonicNanos() >= deadline {
@@ -279,6 +280,7 @@ final class Controller: Sendable {
             server.forceClose()
             queue.asyncAfter(deadline: .now() + .milliseconds(200)) {
                 TracingExport.flushAndStop(within: 1_000_000_000)
+                AuditSinks.shared.flushAll()
                 exit(0)
             }
             return

@@ -139,3 +139,25 @@ def test_broken_rule_file_rejected_with_file_and_line(outrider_bin, tmp_path, up
     out = r.stdout + r.stderr
     assert "%s:3" % bad in out, out
     assert "%s:4" % bad in out and "SecRuleFrobnicate" in out, out
+
+
+def test_audit_lines_are_written_off_the_event_loop_and_flushed_at_exit(proxy, upstream, tmp_path):
+    # Audit lines are queued and written by a background writer in batches; SIGTERM's drain
+    # writes whatever is still queued before the process exits, so no line is lost.
+    import signal
+    up = upstream()
+    p, audit = waf_proxy(proxy, up, tmp_path)
+    rids = []
+    for i in range(40):
+        method, path, headers, body, _ = ATTACKS[i % len(ATTACKS)]
+        r, rid = send(p, method, path, headers, body)
+        assert r.status == 403
+        rids.append(rid)
+    p.signal(signal.SIGTERM)
+    assert p.wait_exit(15) == 0
+    lines = [json.loads(l) for l in audit.read_text().splitlines()]
+    for rid in rids:
+        mine = [l for l in lines if l["request_id"] == rid]
+        assert any(l["rule_id"] == 949110 for l in mine), rid
+    m = {l["request_id"] for l in lines}
+    assert set(rids) <= m

@@ -182,7 +182,9 @@ final class WAFFilter: HTTPFilter {
                 SpanAttribute("waf.msg", .string(m.msg)),
             ])
         }
-        if !out.isEmpty { factory.audit.write(out) }
+        if !out.isEmpty, !factory.audit.write(out) {
+            factory.metrics.auditDropped.add(UInt64(all.count - written), shard: context.shard)
+        }
         written = all.count
     }
 }
