@@ -274,6 +274,9 @@ final class Exchange {
     func requestEnd(trailers: HTTPHeaders) {
         guard !finished, requestFraming != .none else { return }
         if let chain, case .respond(let reply) = chain.requestBody(UnsafeRawBufferPointer(start: nil, count: 0), endStream: true) {
+            // The whole body has been read: the connection can carry the next request (a WAF
+            // that blocks on the body must not cost the client its keep-alive connection).
+            requestDone = true
             localReply(reply, flags: reply.responseFlags)
             return
         }

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, free_port, http_request, make_config, metric_value, parse_metrics, wait_until
+from helpers import REPO, RawConn, free_port, http_request, make_config, metric_value, parse_metrics, wait_until
 
 BASE = REPO / "filters" / "waf" / "base.conf"
 CRS = Path("/usr/share/modsecurity-crs/rules")
@@ -161,3 +161,20 @@ def test_audit_lines_are_written_off_the_event_loop_and_flushed_at_exit(proxy, u
         assert any(l["rule_id"] == 949110 for l in mine), rid
     m = {l["request_id"] for l in lines}
     assert set(rids) <= m
+
+
+def test_blocked_requests_keep_the_connection_alive(proxy, upstream, tmp_path):
+    # A request blocked on its headers or on its (fully read) body gets its 403 and the
+    # connection stays usable: the next request on it is answered too.
+    up = upstream()
+    p, _ = waf_proxy(proxy, up, tmp_path)
+    with RawConn(p.port) as c:
+        for method, path, headers, body, _ in ATTACKS + ATTACKS:
+            h = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0"}
+            h.update(headers or {})
+            r = c.request(method, path, h, body, host="shop.example.com")
+            assert r.status == 403, (path, r.status)
+            assert r.header("connection") != "close", (method, path)
+        r = c.request("GET", "/products?id=1234", {"User-Agent": "Mozilla/5.0 Firefox/120.0", "Accept": "text/html"}, None,
+                      host="shop.example.com")
+        assert r.status != 403 and r.header("x-upstream-name"), r  # the upstream answered it
