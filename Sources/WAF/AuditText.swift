@@ -48,7 +48,13 @@ public struct RuleMatch: Sendable {
     /// The text JSON-escaped (no quotes) onto `out`: the audit log's `message`. The rule's fixed
     /// parts are copied as escaped at load; only what this request contributed is escaped here.
     public func appendModsecJSON(to out: inout [UInt8], uri: String, uniqueID: String, hostname: String) {
-        walk(uri: uri, uniqueID: uniqueID, hostname: hostname) { piece in
+        appendModsecJSON(to: &out, requestSuffix: RuleMatch.escapedRequestSuffix(uri: uri, uniqueID: uniqueID, hostname: hostname))
+    }
+
+    /// The same with the request's part of the text (`escapedRequestSuffix`) escaped once for
+    /// all the matches of a request.
+    public func appendModsecJSON(to out: inout [UInt8], requestSuffix: [UInt8]) {
+        walkMatch { piece in
             switch piece {
             case .plain(let s): JSONEscape.append(s, to: &out)
             case .quoted(let s): JSONEscape.append(s, to: &out, quotesEscaped: true)
@@ -61,24 +67,46 @@ public struct RuleMatch: Sendable {
                 } else { out.append(contentsOf: escapedTail) }
             }
         }
+        out.append(contentsOf: requestSuffix)
+    }
+
+    /// `[hostname "…"] [uri "…"] [unique_id "…"]`, JSON-escaped: the end of every match's text.
+    public static func escapedRequestSuffix(uri: String, uniqueID: String, hostname: String) -> [UInt8] {
+        var out: [UInt8] = []
+        walkRequest(uri: uri, uniqueID: uniqueID, hostname: hostname) { piece in
+            if case .quoted(let s) = piece { JSONEscape.append(s, to: &out, quotesEscaped: true) }
+            else if case .plain(let s) = piece { JSONEscape.append(s, to: &out) }
+        }
+        return out
     }
 
     /// A piece of the text: as is, written with each `"` as `\"` (msg, data, uri), or the
     /// rule's fixed head or tail.
     enum Piece { case plain(String), quoted(String), head, tail }
 
-    /// ModSecurity's text, piece by piece, in order (one layout for both renderings).
+    /// ModSecurity's text, piece by piece, in order (one layout for both renderings): the
+    /// match's part, then the request's.
     func walk(uri: String, uniqueID: String, hostname: String, _ emit: (Piece) -> Void) {
+        walkMatch(emit)
+        RuleMatch.walkRequest(uri: uri, uniqueID: uniqueID, hostname: hostname, emit)
+    }
+
+    private func walkMatch(_ emit: (Piece) -> Void) {
         emit(.plain(disruptive ? "ModSecurity: Access denied. " : "ModSecurity: Warning. "))
         if operatorName == "unconditionalMatch" || matchedVarName.isEmpty {
             emit(.plain("Unconditional match in SecAction. "))
         } else {
-            for s in ["Matched \"Operator `", operatorName, "' with parameter `", RuleMatch.clip(operatorParam, 200),
-                      "' against variable `", matchedVarName, "' (Value: `", RuleMatch.clip(matchedVar, 200), "' ) "] { emit(.plain(s)) }
+            emit(.plain("Matched \"Operator `")); emit(.plain(operatorName))
+            emit(.plain("' with parameter `")); emit(.plain(RuleMatch.clip(operatorParam, 200)))
+            emit(.plain("' against variable `")); emit(.plain(matchedVarName))
+            emit(.plain("' (Value: `")); emit(.plain(RuleMatch.clip(matchedVar, 200))); emit(.plain("' ) "))
         }
         emit(.head)
         emit(.plain("[msg \"")); emit(.quoted(msg)); emit(.plain("\"] [data \"")); emit(.quoted(data)); emit(.plain("\"] "))
         emit(.tail)
+    }
+
+    private static func walkRequest(uri: String, uniqueID: String, hostname: String, _ emit: (Piece) -> Void) {
         emit(.plain("[hostname \"")); emit(.plain(hostname)); emit(.plain("\"] [uri \"")); emit(.quoted(uri))
         emit(.plain("\"] [unique_id \"")); emit(.plain(uniqueID)); emit(.plain("\"]"))
     }

@@ -111,3 +111,16 @@ func request() -> RequestHead {
         #expect(errors.first?.description.hasPrefix("outrider.yaml:12: unknown filter 'nope'") == true)
     }
 }
+
+@Suite struct AuditJSONTests {
+    @Test func numbersAreWrittenAsDecimalText() {
+        for n in [0, 7, 10, 949110, -1, -949110, Int.max, Int.min] {
+            var out: [UInt8] = []
+            JSONText.number(n, to: &out)
+            #expect(String(decoding: out, as: UTF8.self) == String(n))
+        }
+        var out: [UInt8] = []
+        JSONText.number(UInt64.max, to: &out)
+        #expect(String(decoding: out, as: UTF8.self) == String(UInt64.max))
+    }
+}

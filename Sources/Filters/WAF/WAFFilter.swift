@@ -157,33 +157,49 @@ final class WAFFilter: HTTPFilter {
         guard let t = tx else { return }
         let all = t.matches
         guard written < all.count else { return }
-        let host = context.serverAddress.host
         let mode = factory.mode == .shadow || t.mode != .on ? "detection_only" : "enforce"
+        // What every line of this request shares, escaped once: the fields before rule_id,
+        // and the end of ModSecurity's text ([hostname] [uri] [unique_id]).
+        var prefix: [UInt8] = []
+        JSONText.raw("{\"time_unix_nano\":", to: &prefix)
+        JSONText.number(wallClockNanos(), to: &prefix)
+        JSONText.raw(",\"request_id\":", to: &prefix)
+        JSONText.append(context.requestID, to: &prefix)
+        JSONText.raw(",\"client\":", to: &prefix)
+        JSONText.append(context.clientAddress, to: &prefix)
+        JSONText.raw(",\"method\":", to: &prefix)
+        JSONText.append(method, to: &prefix)
+        JSONText.raw(",\"uri\":", to: &prefix)
+        JSONText.append(uri, to: &prefix)
+        JSONText.raw(",\"rule_id\":", to: &prefix)
+        var modeField: [UInt8] = []
+        JSONText.raw(",\"mode\":", to: &modeField)
+        JSONText.append(mode, to: &modeField)
+        JSONText.raw(",\"message\":\"", to: &modeField)
+        let suffix = RuleMatch.escapedRequestSuffix(uri: uri, uniqueID: context.requestID, hostname: context.serverAddress.host)
         var out: [UInt8] = []
+        var lines = 0
         for m in all[written...] where m.log {
             factory.metrics.ruleMatches.labels(String(m.id)).increment(shard: context.shard)
             out.reserveCapacity(out.count + 2048)
-            JSONText.raw("{\"time_unix_nano\":\(wallClockNanos()),\"request_id\":", to: &out)
-            JSONText.append(context.requestID, to: &out)
-            JSONText.raw(",\"client\":", to: &out)
-            JSONText.append(context.clientAddress, to: &out)
-            JSONText.raw(",\"method\":", to: &out)
-            JSONText.append(method, to: &out)
-            JSONText.raw(",\"uri\":", to: &out)
-            JSONText.append(uri, to: &out)
-            JSONText.raw(",\"rule_id\":\(m.id),\"phase\":\(m.phase),\"severity\":\(m.severity ?? 0),\"disruptive\":\(m.disruptive),\"mode\":", to: &out)
-            JSONText.append(mode, to: &out)
-            JSONText.raw(",\"message\":\"", to: &out)
-            m.appendModsecJSON(to: &out, uri: uri, uniqueID: context.requestID, hostname: host)
-            JSONText.raw("\"", to: &out)
-            JSONText.raw("}\n", to: &out)
+            out.append(contentsOf: prefix)
+            JSONText.number(m.id, to: &out)
+            JSONText.raw(",\"phase\":", to: &out)
+            JSONText.number(m.phase, to: &out)
+            JSONText.raw(",\"severity\":", to: &out)
+            JSONText.number(m.severity ?? 0, to: &out)
+            JSONText.raw(m.disruptive ? ",\"disruptive\":true" : ",\"disruptive\":false", to: &out)
+            out.append(contentsOf: modeField)
+            m.appendModsecJSON(to: &out, requestSuffix: suffix)
+            JSONText.raw("\"}\n", to: &out)
+            lines += 1
             context.addSpanEvent("waf.rule_match", attributes: [
                 SpanAttribute("waf.rule_id", .int(Int64(m.id))),
                 SpanAttribute("waf.msg", .string(m.msg)),
             ])
         }
         if !out.isEmpty, !factory.audit.write(out) {
-            factory.metrics.auditDropped.add(UInt64(all.count - written), shard: context.shard)
+            factory.metrics.auditDropped.add(UInt64(lines), shard: context.shard)
         }
         written = all.count
     }
@@ -202,6 +218,29 @@ enum JSONText {
     static func raw(_ s: String, to out: inout [UInt8]) {
         var s = s
         s.withUTF8 { out.append(contentsOf: $0) }
+    }
+
+    /// Appends a decimal integer (no String in between: a line has several).
+    static func number(_ n: Int, to out: inout [UInt8]) {
+        if n < 0 { out.append(UInt8(ascii: "-")) }
+        number(n.magnitude, to: &out)
+    }
+
+    static func number(_ n: UInt64, to out: inout [UInt8]) { number(UInt(n), to: &out) }
+
+    static func number(_ n: UInt, to out: inout [UInt8]) {
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var v = n, count = 0
+        withUnsafeMutableBytes(of: &digits) { d in
+            repeat {
+                d[19 - count] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: v % 10)
+                v /= 10
+                count += 1
+            } while v > 0
+            out.append(contentsOf: d[(20 - count)...])
+        }
     }
 }
 
