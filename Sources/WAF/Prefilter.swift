@@ -332,6 +332,7 @@ extension Transaction {
     func prefilterBits(_ pf: Prefilter, group: Int, slot: Int) -> Int {
         if prefilterOffsets.isEmpty {
             prefilterOffsets = [Int32](repeating: -1, count: pf.groups.count * Prefilter.slotCount)
+            slotUnions = [SlotUnion](repeating: SlotUnion(), count: Prefilter.slotCount)
         }
         let key = group * Prefilter.slotCount + slot
         let known = prefilterOffsets[key]
@@ -340,7 +341,21 @@ extension Transaction {
         prefilterOffsets[key] = Int32(off)
         let g = pf.groups[group]
         let words = pf.words
-        func scan(_ value: Span, _ id: Int) {
+        let triggers = g.chainID < rs.chainTriggers.count ? rs.chainTriggers[g.chainID] : ~0
+        if usePrefilterSharing {
+            // Every value of the slot passes this chain unchanged (one AND over the union of
+            // their byte summaries): the slot's shared scans, this group's rules of them.
+            let union = slotUnion(pf, slot)
+            if union.summary & triggers == 0 {
+                if let p = prefilterPool {
+                    pf.groupMasks.withUnsafeBufferPointer { m in
+                        for w in 0..<words { p[off + w] = p[Int(union.bits) + w] & m[group * words + w] }
+                    }
+                }
+                return off
+            }
+        }
+        forEachSlotValue(slot) { value, id in
             let tv = g.transforms.isEmpty ? value : transformed(value, id: id, chainID: g.chainID, transforms: g.transforms)
             if tv == value, usePrefilterSharing {
                 // Unchanged by this chain: the value's shared scan, this group's rules of it.
@@ -353,16 +368,39 @@ extension Transaction {
             }
             if let p = prefilterPool { g.scanner.scan(buffer(tv), into: p + off) }
         }
+        return off
+    }
+
+    /// Per slot, once: the OR of its values' byte summaries and the offset of the OR of their
+    /// shared scans.
+    private func slotUnion(_ pf: Prefilter, _ slot: Int) -> SlotUnion {
+        let known = slotUnions[slot]
+        if known.bits >= 0 { return known }
+        let off = newBits(pf)
+        var summary: UInt32 = 0
+        forEachSlotValue(slot) { value, id in
+            summary |= self.summary(value, id: id).packed
+            let raw = sharedBits(pf, value, id)
+            if let p = prefilterPool { for w in 0..<pf.words { p[off + w] |= p[raw + w] } }
+        }
+        let u = SlotUnion(summary: summary, bits: Int32(off))
+        slotUnions[slot] = u
+        return u
+    }
+
+    /// Calls `body` with every value of slot `slot` and its cache id, as the rules reading
+    /// that source see them before transformation.
+    private func forEachSlotValue(_ slot: Int, _ body: (Span, Int) -> Void) {
         func list(_ l: [Entry], names: Bool) {
-            for e in l { scan(names ? e.key : e.value, names ? e.id &+ 1 : e.id) }
+            for e in l { body(names ? e.key : e.value, names ? e.id &+ 1 : e.id) }
         }
         func header(_ lower: Bytes) {
-            for e in headers where spanEquals(e.keyLower, lower) { scan(e.value, e.id) }
+            for e in headers where spanEquals(e.keyLower, lower) { body(e.value, e.id) }
         }
         func scalar(_ k: Scalar, _ bytes: Bytes) {
             var s = scalarSpans[k.rawValue]
             if !s.exists { s = store(bytes); scalarSpans[k.rawValue] = s }
-            scan(s, k.id)
+            body(s, k.id)
         }
         switch Prefilter.Slot(rawValue: slot) {
         case .argsGetValues?: list(argsGet, names: false)
@@ -391,7 +429,6 @@ extension Transaction {
             // A ctl that changes that forgets this slot (`resetPrefilterSlot`).
         case nil: break
         }
-        return off
     }
 
     /// The offset in `prefilterPool` of the shared scan of value `id` (untransformed), scanning
@@ -431,6 +468,7 @@ extension Transaction {
     func resetPrefilterSlot(_ s: Prefilter.Slot) {
         guard let pf = rs.prefilter, !prefilterOffsets.isEmpty else { return }
         for g in pf.groups.indices { prefilterOffsets[g * Prefilter.slotCount + s.rawValue] = -1 }
+        slotUnions[s.rawValue] = SlotUnion()
     }
 
     /// The body arrived: its slots are scanned again when next asked for.

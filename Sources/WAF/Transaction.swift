@@ -260,6 +260,10 @@ public final class Transaction {
     @exclusivity(unchecked) var cacheUsed = 0
     /// Literal prefilter state: per (chain group, slot) the offset of its rule bits in the pool (-1: not scanned yet).
     @exclusivity(unchecked) var prefilterOffsets: [Int32] = []
+    /// Per prefilter slot: the OR of its values' byte summaries and the offset in
+    /// `prefilterPool` of the OR of their shared scans (-1: not computed yet).
+    struct SlotUnion { var summary: UInt32 = 0; var bits: Int32 = -1 }
+    @exclusivity(unchecked) var slotUnions: [SlotUnion] = []
     /// The rule bitsets, `prefilterPoolCount` words in use of `prefilterPoolCapacity`: a
     /// bump allocator (a bitset is taken per scan, ~150 per request, never freed alone).
     @exclusivity(unchecked) var prefilterPool: UnsafeMutablePointer<UInt64>?
