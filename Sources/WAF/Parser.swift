@@ -807,7 +807,13 @@ final class Loader {
                 }
             }
         }
-        let prefilter = Prefilter.build(prefiltered)
+        let prefilter = Prefilter.build(prefiltered) { transforms in
+            let key = transforms.map(\.rawValue).joined(separator: ",")
+            if let id = chains[key] { return id }
+            chains[key] = chains.count
+            chainTriggers.append(Transform.triggers(transforms))
+            return chains.count - 1
+        }
         // TX:/regex/ targets: which interned keys can match, decided once (names are fixed now).
         for p in 1...5 {
             for r in phases[p] where !r.isMarker {

@@ -38,6 +38,18 @@ final class Prefilter: @unchecked Sendable {
         let chainID: Int
         let transforms: [Transform]
         let scanner: LiteralScanner
+        /// The chain the scan applies: `transforms` without trailing `t:lowercase` steps (the
+        /// scanner folds ASCII case as `t:lowercase` does, so they cannot change what it
+        /// finds), and its chain id. A User-Agent that only lowercasing would change is then
+        /// one shared scan instead of one scan per lowercasing chain.
+        let scanChainID: Int
+        let scanTransforms: [Transform]
+
+        static func scanChain(_ transforms: [Transform]) -> [Transform] {
+            var t = transforms
+            while t.last == .lowercase { t.removeLast() }
+            return t
+        }
     }
 
     let groups: [Group]
@@ -49,8 +61,9 @@ final class Prefilter: @unchecked Sendable {
     /// Per group, `words` words: the bits of its rules.
     let groupMasks: [UInt64]
 
-    /// Rules that get a prefilter bit, with their literals: (rule, literals).
-    static func build(_ candidates: [(Rule, [Bytes])]) -> Prefilter? {
+    /// Rules that get a prefilter bit, with their literals: (rule, literals). `chainID` numbers
+    /// a transformation chain (the loader's numbering, adding chains it has not seen).
+    static func build(_ candidates: [(Rule, [Bytes])], chainID: ([Transform]) -> Int) -> Prefilter? {
         if candidates.isEmpty { return nil }
         var groupOf: [Int: Int] = [:]
         var members: [[(Bytes, Int32)]] = []
@@ -72,7 +85,9 @@ final class Prefilter: @unchecked Sendable {
         var masks = [UInt64](repeating: 0, count: members.count * words)
         for g in members.indices {
             guard let scanner = LiteralScanner(members[g], words: words) else { return nil }  // too large to pack: no prefilter at all
-            groups.append(Group(chainID: chains[g].0, transforms: chains[g].1, scanner: scanner))
+            let scan = Group.scanChain(chains[g].1)
+            groups.append(Group(chainID: chains[g].0, transforms: chains[g].1, scanner: scanner,
+                                scanChainID: scan == chains[g].1 ? chains[g].0 : chainID(scan), scanTransforms: scan))
             for (_, bit) in members[g] { masks[g * words + Int(bit) >> 6] |= 1 << UInt64(bit & 63) }
         }
         guard let shared = LiteralScanner(members.flatMap { $0 }, words: words) else { return nil }
@@ -341,7 +356,7 @@ extension Transaction {
         prefilterOffsets[key] = Int32(off)
         let g = pf.groups[group]
         let words = pf.words
-        let triggers = g.chainID < rs.chainTriggers.count ? rs.chainTriggers[g.chainID] : ~0
+        let triggers = g.scanChainID < rs.chainTriggers.count ? rs.chainTriggers[g.scanChainID] : ~0
         if usePrefilterSharing {
             // Every value of the slot passes this chain unchanged (one AND over the union of
             // their byte summaries): the slot's shared scans, this group's rules of them.
@@ -356,7 +371,7 @@ extension Transaction {
             }
         }
         forEachSlotValue(slot) { value, id in
-            let tv = g.transforms.isEmpty ? value : transformed(value, id: id, chainID: g.chainID, transforms: g.transforms)
+            let tv = g.scanTransforms.isEmpty ? value : transformed(value, id: id, chainID: g.scanChainID, transforms: g.scanTransforms)
             if tv == value, usePrefilterSharing {
                 // Unchanged by this chain: the value's shared scan, this group's rules of it.
                 let raw = sharedBits(pf, value, id)

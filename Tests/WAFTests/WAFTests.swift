@@ -443,6 +443,30 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
     /// Transformation results come from a cache keyed by chain and by path (the steps that
     /// changed the value): whatever order the CRS's chains ask in, each result is the plain
     /// step-by-step application of its chain.
+    @Test(.enabled(if: CRSTests.rs != nil)) func scanChainsDropOnlyWhatTheScannerFolds() throws {
+        // Each CRS prefilter group scans its values through its chain minus trailing
+        // t:lowercase: the scanner must find the same literals as over the full chain.
+        let rs = try #require(CRSTests.rs)
+        let pf = try #require(rs.prefilter)
+        #expect(pf.groups.contains { $0.scanTransforms != $0.transforms })
+        let values = ["Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0", "UNION SELECT Password FROM Users",
+                      "<SCRIPT>alert(1)</SCRIPT>", "%2E%2E%2F/ETC/PASSWD", "C:\\Windows\\System32\\CMD.EXE /C DIR", "en-US,en;q=0.5",
+                      "&LT;IMG SRC=x OnError=alert(1)&GT;", "JaVaScRiPt:eval('x')", #"\u0041\x42 %u0043"#]
+        for g in pf.groups {
+            for v in values {
+                var full = Array(v.utf8), partial = Array(v.utf8)
+                for t in g.transforms { full = t.apply(full) }
+                for t in g.scanTransforms { partial = t.apply(partial) }
+                func bits(_ b: [UInt8]) -> [UInt64] {
+                    var out = [UInt64](repeating: 0, count: pf.words)
+                    b.withUnsafeBufferPointer { p in out.withUnsafeMutableBufferPointer { g.scanner.scan(p, into: $0.baseAddress!) } }
+                    return out
+                }
+                #expect(bits(full) == bits(partial), "\(g.transforms) \(v)")
+            }
+        }
+    }
+
     @Test(.enabled(if: CRSTests.rs != nil)) func cachedTransformationsEqualPlainApplication() throws {
         let rs = try #require(CRSTests.rs)
         var chains: [Int: [Transform]] = [:]
