@@ -34,7 +34,8 @@ final class Prefilter: @unchecked Sendable {
     static let userAgentKey = Array("user-agent".utf8), refererKey = Array("referer".utf8)
 
     /// The rules of one transformation chain.
-    struct Group {
+    /// A class: the per-(group, source) scan reads one reference instead of copying three.
+    final class Group: Sendable {
         let chainID: Int
         let transforms: [Transform]
         let scanner: LiteralScanner
@@ -44,6 +45,11 @@ final class Prefilter: @unchecked Sendable {
         /// one shared scan instead of one scan per lowercasing chain.
         let scanChainID: Int
         let scanTransforms: [Transform]
+
+        init(chainID: Int, transforms: [Transform], scanner: LiteralScanner, scanChainID: Int, scanTransforms: [Transform]) {
+            self.chainID = chainID; self.transforms = transforms; self.scanner = scanner
+            self.scanChainID = scanChainID; self.scanTransforms = scanTransforms
+        }
 
         static func scanChain(_ transforms: [Transform]) -> [Transform] {
             var t = transforms
