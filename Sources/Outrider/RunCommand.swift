@@ -271,21 +271,24 @@ final class Controller: Sendable {
     private func waitForDrain(deadline: UInt64) {
         if server.allDrained {
             Diagnostics.log(.info, "drained; flushing spans and audit lines, exiting")
-            TracingExport.flushAndStop(within: 2_000_000_000)
-            AuditSinks.shared.flushAll()
-            exit(0)
+            flushAndExit(spansWithin: 2_000_000_000)
         }
         if monotonicNanos() >= deadline {
             Diagnostics.log(.warn, "drain timeout reached; closing remaining connections")
             server.forceClose()
             queue.asyncAfter(deadline: .now() + .milliseconds(200)) {
-                TracingExport.flushAndStop(within: 1_000_000_000)
-                AuditSinks.shared.flushAll()
-                exit(0)
+                self.flushAndExit(spansWithin: 1_000_000_000)
             }
             return
         }
         queue.asyncAfter(deadline: .now() + .milliseconds(50)) { [self] in waitForDrain(deadline: deadline) }
+    }
+
+    /// Writes out what is still queued (spans, up to `spansWithin` ns; audit lines) and exits 0.
+    private func flushAndExit(spansWithin: UInt64) -> Never {
+        TracingExport.flushAndStop(within: spansWithin)
+        AuditSinks.shared.flushAll()
+        exit(0)
     }
 
     // MARK: admin

@@ -268,12 +268,9 @@ final class Rule: @unchecked Sendable {
     @exclusivity(unchecked) var txCompare: TxCompare?
     /// The "can it match at all?" pre-test, for rules of the shape it covers (set at finish).
     @exclusivity(unchecked) var fast: FastPlan?
-    /// The literal prefilter's bit for this link (-1: none), its chain group and the sources
-    /// it reads (bit n: `Prefilter.Slot(rawValue: n)`), plus whether it also reads XML.
-    @exclusivity(unchecked) var prefilterBit: Int32 = -1
-    @exclusivity(unchecked) var prefilterGroup: Int32 = 0
-    @exclusivity(unchecked) var prefilterSlots: UInt32 = 0
-    @exclusivity(unchecked) var prefilterXML = false
+    /// The literal prefilter's facts for this link: its bit (-1: none), chain group and sources
+    /// (set by `Prefilter.build`).
+    @exclusivity(unchecked) var prefilter = PrefilterProbe()
     @exclusivity(unchecked) var capture = false
     @exclusivity(unchecked) var multiMatch = false
     @exclusivity(unchecked) var chained: Rule?
@@ -321,7 +318,6 @@ final class Rule: @unchecked Sendable {
     @exclusivity(unchecked) var index = 0
     @exclusivity(unchecked) var idString = "0"
 
-    var probe: PrefilterProbe { PrefilterProbe(bit: prefilterBit, group: prefilterGroup, slots: prefilterSlots, xml: prefilterXML) }
     var isMarker: Bool { marker != nil }
 }
 

@@ -31,7 +31,7 @@ public final class RuleSet: @unchecked Sendable {
          defaultLog: [Bool], rulesByID: [Int: Rule], files: [String], warnings: [RuleDiagnostic], prefilter: Prefilter?, txKeys: TxKeyTable, chainTriggers: [UInt32]) {
         self.settings = settings; self.phases = phases; self.markers = markers; self.prefilter = prefilter
         probes = phases.map { list in
-            list.map { $0.isMarker ? PrefilterProbe(marker: true) : prefilter == nil ? PrefilterProbe() : $0.probe }
+            list.map { $0.isMarker ? PrefilterProbe(marker: true) : prefilter == nil ? PrefilterProbe() : $0.prefilter }
         }
         self.txKeys = txKeys
         self.chainTriggers = chainTriggers
@@ -775,22 +775,26 @@ final class Loader {
         var markers: [[String: Int]] = Array(repeating: [:], count: 6)
         var chains: [String: Int] = [:]
         var chainTriggers: [UInt32] = []
+        /// A transformation chain's number (the same steps, the same number) and its triggers.
+        func chainID(_ transforms: [Transform]) -> Int {
+            let key = transforms.map(\.rawValue).joined(separator: ",")
+            if let id = chains[key] { return id }
+            chains[key] = chains.count
+            chainTriggers.append(Transform.triggers(transforms))
+            return chains.count - 1
+        }
         for p in 1...5 {
             for (i, r) in phases[p].enumerated() {
                 r.index = i
                 if let m = r.marker, markers[p][m] == nil { markers[p][m] = i }
                 var link: Rule? = r
                 while let l = link {
-                    let key = l.transforms.map(\.rawValue).joined(separator: ",")
-                    if let id = chains[key] { l.transformChainID = id } else {
-                        l.transformChainID = chains.count; chains[key] = chains.count
-                        chainTriggers.append(Transform.triggers(l.transforms))
-                    }
+                    l.transformChainID = chainID(l.transforms)
                     link = l.chained
                 }
             }
         }
-        var prefiltered: [(Rule, [Bytes])] = []
+        var prefiltered: [(Rule, Prefilter.Candidate)] = []
         let intern = txKeys.intern
         for p in 1...5 {
             for r in phases[p] where !r.isMarker {
@@ -802,18 +806,12 @@ final class Loader {
                 while let l = link {
                     l.fast = FastPlan(targets: l.targets, exclusions: l.exclusions, op: l.op, multiMatch: l.multiMatch, intern: intern)
                     l.txCompare = TxCompare(l, intern: intern)
-                    if let lits = Prefilter.literals(for: l) { prefiltered.append((l, lits)) }
+                    if let c = Prefilter.literals(for: l) { prefiltered.append((l, c)) }
                     link = l.chained
                 }
             }
         }
-        let prefilter = Prefilter.build(prefiltered) { transforms in
-            let key = transforms.map(\.rawValue).joined(separator: ",")
-            if let id = chains[key] { return id }
-            chains[key] = chains.count
-            chainTriggers.append(Transform.triggers(transforms))
-            return chains.count - 1
-        }
+        let prefilter = Prefilter.build(prefiltered, chainID: chainID)
         // TX:/regex/ targets: which interned keys can match, decided once (names are fixed now).
         for p in 1...5 {
             for r in phases[p] where !r.isMarker {

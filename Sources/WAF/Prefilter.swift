@@ -36,7 +36,6 @@ final class Prefilter: @unchecked Sendable {
     /// The rules of one transformation chain.
     /// A class: the per-(group, source) scan reads one reference instead of copying three.
     final class Group: Sendable {
-        let chainID: Int
         let transforms: [Transform]
         let scanner: LiteralScanner
         /// The chain the scan applies: `transforms` without trailing `t:lowercase` steps (the
@@ -46,15 +45,13 @@ final class Prefilter: @unchecked Sendable {
         let scanChainID: Int
         let scanTransforms: [Transform]
 
-        init(chainID: Int, transforms: [Transform], scanner: LiteralScanner, scanChainID: Int, scanTransforms: [Transform]) {
-            self.chainID = chainID; self.transforms = transforms; self.scanner = scanner
-            self.scanChainID = scanChainID; self.scanTransforms = scanTransforms
-        }
-
-        static func scanChain(_ transforms: [Transform]) -> [Transform] {
-            var t = transforms
-            while t.last == .lowercase { t.removeLast() }
-            return t
+        init(transforms: [Transform], scanner: LiteralScanner, chainID: ([Transform]) -> Int) {
+            self.transforms = transforms
+            self.scanner = scanner
+            var scan = transforms
+            while scan.last == .lowercase { scan.removeLast() }
+            scanTransforms = scan
+            scanChainID = chainID(scan)
         }
     }
 
@@ -67,33 +64,39 @@ final class Prefilter: @unchecked Sendable {
     /// Per group, `words` words: the bits of its rules.
     let groupMasks: [UInt64]
 
-    /// Rules that get a prefilter bit, with their literals: (rule, literals). `chainID` numbers
-    /// a transformation chain (the loader's numbering, adding chains it has not seen).
-    static func build(_ candidates: [(Rule, [Bytes])], chainID: ([Transform]) -> Int) -> Prefilter? {
+    /// What `literals(for:)` found for a rule link: its literals and the sources it reads (bit n:
+    /// `Slot(rawValue: n)`), plus whether it also reads XML.
+    struct Candidate {
+        var literals: [Bytes]
+        var slots: UInt32
+        var xml: Bool
+    }
+
+    /// Rules that get a prefilter bit, with what `literals(for:)` found; sets their
+    /// `Rule.prefilter`. `chainID` numbers a transformation chain (the loader's numbering,
+    /// adding chains it has not seen).
+    static func build(_ candidates: [(Rule, Candidate)], chainID: ([Transform]) -> Int) -> Prefilter? {
         if candidates.isEmpty { return nil }
         var groupOf: [Int: Int] = [:]
         var members: [[(Bytes, Int32)]] = []
-        var chains: [(Int, [Transform])] = []
-        for (bit, (r, literals)) in candidates.enumerated() {
+        var chains: [[Transform]] = []
+        for (bit, (r, c)) in candidates.enumerated() {
             let g: Int
             if let known = groupOf[r.transformChainID] { g = known } else {
                 g = members.count
                 groupOf[r.transformChainID] = g
                 members.append([])
-                chains.append((r.transformChainID, r.transforms))
+                chains.append(r.transforms)
             }
-            r.prefilterBit = Int32(bit)
-            r.prefilterGroup = Int32(g)
-            for l in literals { members[g].append((l, Int32(bit))) }
+            r.prefilter = PrefilterProbe(bit: Int32(bit), group: Int32(g), slots: c.slots, xml: c.xml)
+            for l in c.literals { members[g].append((l, Int32(bit))) }
         }
         let words = (candidates.count + 63) / 64
         var groups: [Group] = []
         var masks = [UInt64](repeating: 0, count: members.count * words)
         for g in members.indices {
             guard let scanner = LiteralScanner(members[g], words: words) else { return nil }  // too large to pack: no prefilter at all
-            let scan = Group.scanChain(chains[g].1)
-            groups.append(Group(chainID: chains[g].0, transforms: chains[g].1, scanner: scanner,
-                                scanChainID: scan == chains[g].1 ? chains[g].0 : chainID(scan), scanTransforms: scan))
+            groups.append(Group(transforms: chains[g], scanner: scanner, chainID: chainID))
             for (_, bit) in members[g] { masks[g * words + Int(bit) >> 6] |= 1 << UInt64(bit & 63) }
         }
         guard let shared = LiteralScanner(members.flatMap { $0 }, words: words) else { return nil }
@@ -107,10 +110,10 @@ final class Prefilter: @unchecked Sendable {
         self.groupMasks = groupMasks
     }
 
-    /// The literals of a rule link, or nil when it cannot be prefiltered: a negated operator, multiMatch,
-    /// an operator other than @rx / @pm, a regex with no required literal, or a target the
-    /// prefilter does not scan (TX, counts, REQUEST_BODY, …). Sets `prefilterSlots`.
-    static func literals(for r: Rule) -> [Bytes]? {
+    /// The literals of a rule link and the sources it reads, or nil when it cannot be
+    /// prefiltered: a negated operator, multiMatch, an operator other than @rx / @pm, a regex
+    /// with no required literal, or a target the prefilter does not scan (TX, counts).
+    static func literals(for r: Rule) -> Candidate? {
         guard let plan = r.fast, !plan.negated, !plan.multiMatch else { return nil }
         var mask: UInt32 = 0
         var xml = false
@@ -151,9 +154,7 @@ final class Prefilter: @unchecked Sendable {
         default: lits = nil
         }
         guard let lits, !lits.contains(where: \.isEmpty) else { return nil }
-        r.prefilterSlots = mask
-        r.prefilterXML = xml
-        return lits
+        return Candidate(literals: lits, slots: mask, xml: xml)
     }
 }
 
@@ -295,8 +296,8 @@ final class LiteralScanner: @unchecked Sendable {
     }
 }
 
-/// A rule link's prefilter facts (`Rule.prefilterBit` and friends) as plain data. The rule
-/// loop keeps them in one array per phase (`RuleSet.probes`), so it rejects most rules of a
+/// A rule link's prefilter facts as plain data (`Rule.prefilter`). The rule loop keeps the
+/// starters' in one array per phase (`RuleSet.probes`), so it rejects most rules of a
 /// benign request without touching the rules themselves: no reference counting, and a few
 /// contiguous bytes per rule instead of several cache lines of a rule object.
 struct PrefilterProbe {
@@ -326,9 +327,6 @@ struct PrefilterProbe {
 extension Transaction {
     /// False when the rule link has a prefilter bit and no source it reads contains one of
     /// its literals (after its transformations): the link cannot match.
-    @inline(__always)
-    func prefilterMayMatch(_ r: Rule) -> Bool { prefilterMayMatch(r.probe) }
-
     @inline(__always)
     func prefilterMayMatch(_ probe: PrefilterProbe) -> Bool {
         guard let pf = rs.prefilter, probe.bit >= 0 else { return true }

@@ -274,17 +274,15 @@ struct IPMatcher: Sendable {
     }
 
     func contains(_ s: String) -> Bool {
-        if let a = IPMatcher.parseV4(Substring(s)) { return v4.contains { a & $0.1 == $0.0 } }
-        if let (hi, lo) = IPMatcher.parseV6(Substring(s)) { return v6.contains { hi & $0.2 == $0.0 && lo & $0.3 == $0.1 } }
-        return false
+        Array(s.utf8).withUnsafeBufferPointer { contains($0) }
     }
 
     /// The same for a value's bytes: IPv4 (CRS tests REMOTE_ADDR on every request) parsed
-    /// in place, anything else as a string.
+    /// in place, IPv6 as a string.
     func contains(_ v: UnsafeBufferPointer<UInt8>) -> Bool {
         if let a = IPMatcher.parseV4(v) { return v4.contains { a & $0.1 == $0.0 } }
-        if !v.contains(UInt8(ascii: ":")) { return false }
-        return contains(String(decoding: v, as: UTF8.self))
+        guard v.contains(UInt8(ascii: ":")), let (hi, lo) = IPMatcher.parseV6(Substring(String(decoding: v, as: UTF8.self))) else { return false }
+        return v6.contains { hi & $0.2 == $0.0 && lo & $0.3 == $0.1 }
     }
 
     /// Dotted quad of 1–3 decimal digits per part, each at most 255.
@@ -309,14 +307,7 @@ struct IPMatcher: Sendable {
     }
 
     static func parseV4(_ s: Substring) -> UInt32? {
-        let parts = s.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 4 else { return nil }
-        var v: UInt32 = 0
-        for p in parts {
-            guard !p.isEmpty, p.count <= 3, let n = UInt32(p), n <= 255 else { return nil }
-            v = v << 8 | n
-        }
-        return v
+        Array(s.utf8).withUnsafeBufferPointer { parseV4($0) }
     }
 
     static func parseV6(_ s: Substring) -> (UInt64, UInt64)? {

@@ -627,7 +627,8 @@ public final class Transaction {
         if targetRemovalsByID.isEmpty, targetRemovalsByTag.isEmpty {
             if useFastPath, l.txCompare != nil { return txCompareMatches(l, starter: starter) }
             if useFastPath, let plan = l.fast {
-                if l.prefilterBit >= 0, usePrefilter, !prefilterMayMatch(l) { return false }
+                // A starter's prefilter bit was tested by the rule loop (`RuleSet.probes`).
+                if l !== starter, l.prefilter.bit >= 0, usePrefilter, !prefilterMayMatch(l.prefilter) { return false }
                 if !fastMayMatch(l, plan) { return false }
             }
         }

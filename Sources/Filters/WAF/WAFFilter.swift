@@ -223,24 +223,17 @@ enum JSONText {
     /// Appends a decimal integer (no String in between: a line has several).
     static func number(_ n: Int, to out: inout [UInt8]) {
         if n < 0 { out.append(UInt8(ascii: "-")) }
-        number(n.magnitude, to: &out)
+        number(UInt64(n.magnitude), to: &out)
     }
 
-    static func number(_ n: UInt64, to out: inout [UInt8]) { number(UInt(n), to: &out) }
-
-    static func number(_ n: UInt, to out: inout [UInt8]) {
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var v = n, count = 0
-        withUnsafeMutableBytes(of: &digits) { d in
-            repeat {
-                d[19 - count] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: v % 10)
-                v /= 10
-                count += 1
-            } while v > 0
-            out.append(contentsOf: d[(20 - count)...])
-        }
+    static func number(_ n: UInt64, to out: inout [UInt8]) {
+        let start = out.count
+        var v = n
+        repeat {
+            out.append(UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: v % 10))
+            v /= 10
+        } while v > 0
+        out[start...].reverse()
     }
 }
 
