@@ -10,7 +10,7 @@ import TLS
 /// One client connection speaking HTTP/1.x. It parses requests one at a time and hands each
 /// to an `Exchange`, which talks to the upstream. Pipelined requests wait, unparsed, in
 /// `pending` until the exchange before them has finished, so responses go out in order.
-final class DownstreamConnection: EventHandler, ExchangeDownstream, ClientConnection {
+final class DownstreamConnection: EventHandler, ExchangeDownstream, ClientConnection, DeferredWriter {
     enum State {
         /// Between requests or reading a request head/body.
         case http
@@ -255,8 +255,8 @@ final class DownstreamConnection: EventHandler, ExchangeDownstream, ClientConnec
         isProcessingInput = true
         process(bytes)
         isProcessingInput = false
-        exchange?.flushUpstream()
-        flush()
+        exchange?.flushUpstreamAtEndOfIteration()
+        flushAtEndOfIteration()
     }
 
     /// Processes bytes (pending + fresh); whatever cannot be used yet is kept in `pending`.
@@ -475,6 +475,22 @@ final class DownstreamConnection: EventHandler, ExchangeDownstream, ClientConnec
 
     func sendTunnelBytes(_ bytes: UnsafeRawBufferPointer) { out.append(bytes) }
 
+
+    /// Set while this connection waits in the loop's end-of-iteration writers.
+    private var writeQueued = false
+
+    /// Writes buffered output once the loop iteration's work is done (one write for all the
+    /// responses of a batch; see `EventLoop.writeAtEndOfIteration`).
+    func flushAtEndOfIteration() {
+        guard !writeQueued, state != .closed else { return }
+        writeQueued = true
+        worker.loop.writeAtEndOfIteration(self)
+    }
+
+    func writeDeferred() {
+        writeQueued = false
+        flush()
+    }
 
     /// Writes buffered output; on success below the low watermark, resumes a paused upstream.
     func flush() {

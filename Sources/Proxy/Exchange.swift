@@ -248,6 +248,9 @@ final class Exchange {
     /// Writes what the last batch of client bytes produced for the upstream.
     func flushUpstream() { upstream?.flush() }
 
+    /// The same, at the end of the loop iteration (after a batch of client input).
+    func flushUpstreamAtEndOfIteration() { upstream?.flushAtEndOfIteration() }
+
     func requestBody(_ bytes: UnsafeRawBufferPointer) {
         guard !finished else { return }
         if let chain, case .respond(let reply) = chain.requestBody(bytes, endStream: false) {
@@ -486,7 +489,7 @@ final class Exchange {
         bodyBytesOut &+= UInt64(reply.body.utf8.count)
         responseHeadSent = true
         finish(status: reply.status, flags: flags, details: reply.details, local: true)
-        downstream.flush()
+        downstream.flushAtEndOfIteration()
     }
 
     /// The downstream went away or the worker is shutting down.

@@ -35,6 +35,9 @@ protocol ExchangeDownstream: AnyObject {
     /// Too much response data waits for the client: stop reading the upstream.
     var outputAboveHighWatermark: Bool { get }
     func flush()
+    /// `flush` once the loop iteration's work is done (HTTP/1.1: one write for every
+    /// response the iteration produced for the connection).
+    func flushAtEndOfIteration()
 
     /// 101 Switching Protocols, then raw bytes both ways (HTTP/1.1 only).
     func sendUpgradeHead(_ head: ResponseHead)

@@ -382,6 +382,8 @@ final class HTTP2Stream: ExchangeDownstream {
     }
 
     func flush() { connection.flush() }
+    /// nghttp2 already gathers a session's frames into one output: written now.
+    func flushAtEndOfIteration() { connection.flush() }
 
     // Upgrades do not exist in HTTP/2 (the exchange never starts a tunnel for a stream).
     func sendUpgradeHead(_ head: ResponseHead) {}

@@ -9,7 +9,7 @@ import TLS
 
 /// One TCP connection to the workload. While an exchange holds it, response bytes go to that
 /// exchange; while it idles in the pool, any input (or EOF) means the upstream closed it.
-final class UpstreamConnection: EventHandler {
+final class UpstreamConnection: EventHandler, DeferredWriter {
     let fd: Int32
     unowned let worker: Worker
     let pool: UpstreamPool
@@ -140,6 +140,22 @@ final class UpstreamConnection: EventHandler {
                 close()
             }
         }
+    }
+
+    /// Set while this connection waits in the loop's end-of-iteration writers.
+    private var writeQueued = false
+
+    /// Writes buffered output once the loop iteration's work is done (the requests of a batch
+    /// of client input go out together; see `EventLoop.writeAtEndOfIteration`).
+    func flushAtEndOfIteration() {
+        guard !writeQueued, !isClosed else { return }
+        writeQueued = true
+        worker.loop.writeAtEndOfIteration(self)
+    }
+
+    func writeDeferred() {
+        writeQueued = false
+        flush()
     }
 
     func flush() {
@@ -328,7 +344,7 @@ final class UpstreamConnection: EventHandler {
     private func processBatch(_ bytes: UnsafeRawBufferPointer) {
         let client = exchange?.downstream
         process(bytes)
-        client?.flush()
+        client?.flushAtEndOfIteration()
     }
 
     private func process(_ bytes: UnsafeRawBufferPointer) {
