@@ -147,6 +147,11 @@ final class Macro: Sendable {
     let constant: Bytes
     /// `constant` lowercased as a collection key (setvar/TX keys written without macros).
     let constantKey: String
+    /// The leading integer of `constant` (a setvar increment such as `=+5`).
+    let constantNumber: Int
+    /// A lone `%{tx.key}` with an interned key: its id (-1: another shape) and key.
+    let loneTxID: Int
+    let loneTxKey: String
 
     /// `txKeys`: the loading rule set's table, where TX keys get their ids.
     init(_ s: String, txKeys: TxKeyTable? = nil) {
@@ -177,6 +182,12 @@ final class Macro: Sendable {
         for p in parts { if case .literal(let b) = p { c += b } }
         constant = c
         constantKey = keyString(c)
+        constantNumber = parseLeadingInt(c)
+        if parts.count == 1, case .variable(.tx, let key?, let id) = parts[0], id >= 0 {
+            loneTxID = id; loneTxKey = key
+        } else {
+            loneTxID = -1; loneTxKey = ""
+        }
     }
 
     static func split(_ name: String) -> (String, String?) {

@@ -95,9 +95,18 @@ struct VarStore {
         }
     }
 
+    /// The leading integer of the value under `kl` (nil: unset), read in place.
+    @inline(__always) func number(id: Int = -1, _ kl: String) -> Int? {
+        if let i = slotIndex(id, kl) {
+            guard fixed[i].isSet else { return nil }
+            return fixed[i].value.withUnsafeBufferPointer { parseLeadingInt($0) }
+        }
+        return map[kl].map { parseLeadingInt($0.value) }
+    }
+
     /// `setvar:c.key=+n` / `=-n`: the stored number (0 if unset) plus or minus `delta`, wrapping.
     mutating func add(id: Int = -1, lower kl: String, _ key: Bytes, _ delta: Int, subtract: Bool) {
-        let cur = entry(id: id, kl).map { parseLeadingInt($0.value) } ?? 0
+        let cur = number(id: id, kl) ?? 0
         let n = subtract ? cur.subtractingReportingOverflow(delta).partialValue : cur.addingReportingOverflow(delta).partialValue
         set(id: id, lower: kl, key, n.bytes)
     }
@@ -242,9 +251,22 @@ public final class Transaction {
         }
         return matchedVarsBuilt
     }
-    @exclusivity(unchecked) var currentRule: Rule?
-    @exclusivity(unchecked) var lastOperatorParam: Bytes = []
-    @exclusivity(unchecked) var lastOperatorParamText: String?
+    /// The chain starter being evaluated. Unowned: the rule set (`rs`) keeps every rule alive
+    /// for the transaction's life, and setting it per rule then costs no reference counting.
+    @exclusivity(unchecked) unowned(unsafe) var currentRule: Rule?
+    /// The operator whose parameter an audit line shows (the last that matched), kept as a
+    /// reference instead of a copy of its text per match. Unowned: `rs` keeps it alive.
+    @exclusivity(unchecked) unowned(unsafe) var lastParamOperator: Operator?
+    /// Its parameter as expanded at run time (nil: the operator's own text).
+    @exclusivity(unchecked) var lastParamExpanded: Bytes?
+    /// The parameter text of `lastParamOperator`, as ModSecurity logs it.
+    var lastOperatorParamText: String {
+        if let b = lastParamExpanded { return String(latin1: b) }
+        guard let op = lastParamOperator else { return "" }
+        if let re = op.regex { return re.pattern }
+        if case .pm = op.kind { return op.param.text }
+        return op.usesParam ? String(latin1: op.param.constant) : ""
+    }
     @exclusivity(unchecked) var removedIDs: [ClosedRange<Int>] = []
     @exclusivity(unchecked) var removedTags: [String] = []
     @exclusivity(unchecked) var targetRemovalsByID: [([ClosedRange<Int>], Exclusion)] = []
@@ -587,11 +609,15 @@ public final class Transaction {
                           data: r.logdata.map { String(latin1: expand($0, rule: r)) } ?? "",
                           severity: r.severity, tags: r.tags, ver: r.ver, rev: r.rev, maturity: r.maturity, accuracy: r.accuracy,
                           file: r.file, line: r.line, matchedVarName: String(latin1: matchedVarName), matchedVar: string(matchedVar),
-                          operatorName: lastOperatorName, operatorParam: lastOperatorParamText ?? String(latin1: lastOperatorParam), disruptive: disruptive, log: log || disruptive,
+                          operatorName: lastOperatorName, operatorParam: lastOperatorParamText, disruptive: disruptive, log: log || disruptive,
                           escapedHead: r.auditHead, escapedTail: r.auditTail)
         matches.append(m)
     }
-    @exclusivity(unchecked) var lastOperatorName = ""
+    /// The operator of the last match (its name goes in the audit line); unowned as above.
+    @exclusivity(unchecked) unowned(unsafe) var lastMatchedOperator: Operator?
+    /// The last match was an action without targets (SecAction): "unconditionalMatch".
+    @exclusivity(unchecked) var lastMatchUnconditional = false
+    var lastOperatorName: String { lastMatchUnconditional ? "unconditionalMatch" : lastMatchedOperator?.name ?? "" }
 
     // MARK: rule evaluation
 
@@ -638,7 +664,7 @@ public final class Transaction {
     func evaluate(_ r: Rule, starter: Rule) -> Bool {
         currentRule = starter
         if r.targets.isEmpty {
-            lastOperatorName = "unconditionalMatch"
+            lastMatchUnconditional = true
             let m = execute(r.op, .empty, capture: r.capture)
             if m { runSetVars(r) }
             return m
@@ -722,8 +748,8 @@ public final class Transaction {
         }
         if c.negated { m = !m }
         guard m else { return false }
-        lastOperatorParamText = nil
-        lastOperatorParam = param ?? c.param
+        lastParamOperator = r.op
+        lastParamExpanded = param
         if count {
             let v = store(n.bytes)
             noteMatch(Value(collection: .tx, key: .none, value: v, id: -1), v, r)
@@ -757,7 +783,8 @@ public final class Transaction {
         matchedValue = v
         matchedVarNameCache = nil
         pendingMatchedVars.append((v, tv))
-        lastOperatorName = r.op.name
+        lastMatchedOperator = r.op
+        lastMatchUnconditional = false
         runSetVars(r)
     }
 
@@ -1167,6 +1194,14 @@ public final class Transaction {
         return out
     }
 
+    /// `parseLeadingInt(expand(m))`, reading a lone `%{tx.key}` (`=+%{tx.critical_anomaly_score}`)
+    /// in place.
+    func expandNumber(_ m: Macro, rule: Rule?) -> Int {
+        if m.isConstant { return m.constantNumber }
+        if m.loneTxID >= 0 { return collections.slots[Collection.tx.ordinal].number(id: m.loneTxID, m.loneTxKey) ?? 0 }
+        return parseLeadingInt(expand(m, rule: rule))
+    }
+
     // MARK: actions
 
     /// setvar runs for every matched value as soon as it matches (ModSecurity v3's
@@ -1184,7 +1219,7 @@ public final class Transaction {
                 let v = expand(m, rule: r)
                 collections[c, default: VarStore()].set(id: id, lower: kl, key, v)
             case .add(let m), .sub(let m):
-                let d = parseLeadingInt(expand(m, rule: r))
+                let d = expandNumber(m, rule: r)
                 var subtract = false
                 if case .sub = sv.op { subtract = true }
                 collections[c, default: VarStore()].add(id: id, lower: kl, key, d, subtract: subtract)
@@ -1240,7 +1275,7 @@ public final class Transaction {
         // The common case first: a plain @rx that does not match.
         if !capture, let re = op.regex {
             let m = re.matches(buffer(span), scratch)
-            if m != op.negated { lastOperatorParamText = re.pattern }
+            if m != op.negated { lastParamOperator = op; lastParamExpanded = nil }
             return m != op.negated
         }
         let param: Bytes = !op.usesParam ? [] : op.param.isConstant ? op.param.constant : expand(op.param)
@@ -1296,11 +1331,9 @@ public final class Transaction {
         case .noMatch, .unsupported: r = false
         }
         if r != op.negated {
-            switch op.kind {
-            case .rx(let re): lastOperatorParamText = re.pattern
-            case .pm: lastOperatorParamText = op.param.text
-            default: lastOperatorParamText = nil; lastOperatorParam = param
-            }
+            lastParamOperator = op
+            // Only an expanded parameter needs keeping; the others are the operator's text.
+            lastParamExpanded = op.usesParam && !op.param.isConstant ? param : nil
         }
         return op.negated ? !r : r
     }

@@ -19,6 +19,24 @@ private func runLoop(_ body: @escaping @Sendable (EventLoop) -> Void) throws -> 
     return finished.load(ordering: .acquiring)
 }
 
+/// Appends its name to `log` when it writes, then runs `then` (on the loop thread).
+private final class RecordingWriter: DeferredWriter, @unchecked Sendable {
+    let name: String
+    let log: WriteLog
+    let then: () -> Void
+    init(_ name: String, _ log: WriteLog, then: @escaping () -> Void = {}) {
+        self.name = name; self.log = log; self.then = then
+    }
+    func writeDeferred() {
+        log.lines.withLock { $0.append(name) }
+        then()
+    }
+}
+
+private final class WriteLog: Sendable {
+    let lines = Mutex<[String]>([])
+}
+
 private final class LoopBox: Sendable {
     let remote = Mutex<EventLoopRemote?>(nil)
 }
@@ -51,6 +69,24 @@ import Glibc
         }
         #expect(ok)
         #expect(seen.withLock { $0 } == ["first", "second"])
+    }
+
+    @Test func writersRunOnceTheIterationsWorkIsDoneAndMayQueueMore() throws {
+        let log = WriteLog()
+        let ok = try runLoop { loop in
+            let last = RecordingWriter("write c", log) { loop.stop() }
+            let first = RecordingWriter("write a", log)
+            // A writer queued by a write runs next iteration, without the loop blocking in
+            // epoll first (no fd or timer would ever wake it here).
+            let second = RecordingWriter("write b", log) { loop.writeAtEndOfIteration(last) }
+            loop.deferWork {
+                loop.writeAtEndOfIteration(first)
+                log.lines.withLock { $0.append("deferred") }
+                loop.writeAtEndOfIteration(second)
+            }
+        }
+        #expect(ok)
+        #expect(log.lines.withLock { $0 } == ["deferred", "write a", "write b", "write c"])
     }
 
     @Test func remoteExecuteWakesABlockedLoop() throws {

@@ -156,6 +156,9 @@ final class AuditSink: Sendable {
     static let batchDelay = DispatchTimeInterval.milliseconds(2)
     private struct Pending {
         var bytes: [UInt8] = []
+        /// The buffer of the last batch written, emptied: queuing appends into its capacity
+        /// instead of growing a new array from nothing every batch.
+        var spare: [UInt8] = []
         var scheduled = false
     }
     private let pending = Mutex(Pending())
@@ -184,14 +187,17 @@ final class AuditSink: Sendable {
     /// On `writer`: takes the pending bytes and writes them, until none are left.
     private func drain() {
         while true {
-            let batch = pending.withLock { p -> [UInt8] in
+            var batch = pending.withLock { p -> [UInt8] in
                 let b = p.bytes
-                p.bytes = []
+                p.bytes = p.spare
+                p.spare = []
                 if b.isEmpty { p.scheduled = false }
                 return b
             }
             if batch.isEmpty { return }
             writeAll(batch)
+            batch.removeAll(keepingCapacity: true)
+            pending.withLock { $0.spare = batch }
         }
     }
 
