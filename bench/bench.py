@@ -33,6 +33,12 @@ Environment:
   BENCH_OUT         results directory (default <repo>/bench/results)
   BENCH_ENFORCE     if 1, exit 3 when an Outrider target from the issue is not met
   BENCH_REPEAT      measured runs per row; the median run (by req/s) is reported (default 1)
+  BENCH_ROUNDS      passes over the whole target list, one after another (default 1): each
+                    target is restarted and measured REPEAT times per pass, and its row is the
+                    median run of all passes. Host speed drifts over minutes on a shared
+                    machine; interleaving the targets spreads that drift over all of them
+                    instead of loading it onto whichever target ran in a slow minute, which
+                    matters for rows compared as ratios (Outrider+WAF vs nginx+ModSecurity)
   BENCH_SYSCALLS    if 1, also count syscalls per request per row (separate run, strace -c)
 
 Exit codes: 0 ok; 1 a row failed (could not start, non-2xx replies, socket errors);
@@ -78,6 +84,7 @@ OUTRIDER_BIN = os.environ.get("OUTRIDER_BIN", os.path.join(REPO, ".build", "rele
 OUT_DIR = os.environ.get("BENCH_OUT", os.path.join(HERE, "results"))
 SYSCALLS = os.environ.get("BENCH_SYSCALLS") == "1"
 REPEAT = max(1, env_int("BENCH_REPEAT", 1))
+ROUNDS = max(1, env_int("BENCH_ROUNDS", 1))
 # wrk's default timeout (2 s) counts nginx + ModSecurity's slowest attack replies (p99 about
 # 1 s, a few over 2 s) as socket errors instead of latencies.
 WRK_TIMEOUT = "10s"
@@ -707,11 +714,16 @@ class Row:
     syscalls: dict[str, float] | None = None  # BENCH_SYSCALLS=1: syscalls per request, by name
     reload: str | None = None  # reload_probe rows: what the reloads under load showed
     error: str | None = None
+    # Every measured run of every round: (wrk result, CPU µs per request).
+    runs: list = dataclasses.field(default_factory=list)
 
 
-def measure(ctx: Context, t: Target) -> Row:
-    row = Row(t)
-    log(f"--- {t.name}: starting")
+def measure(ctx: Context, t: Target, row: Row | None = None, rnd: int = 0) -> Row:
+    """Measures `t` (REPEAT runs) and adds the runs to `row` (a new row in the first round;
+    the later rounds only add runs: memory, reloads and syscalls are measured once)."""
+    first = row is None
+    row = row if row is not None else Row(t)
+    log(f"--- {t.name}: starting" + (f" (round {rnd + 1}/{ROUNDS})" if ROUNDS > 1 else ""))
     running = None
     try:
         running = t.start(ctx, t)
@@ -719,10 +731,11 @@ def measure(ctx: Context, t: Target) -> Row:
         pids = running.measured_pids()
         if not pids:
             raise RuntimeError("no worker process found")
-        row.rss_idle_kib = rss_kib(pids)
+        if first:
+            row.rss_idle_kib = rss_kib(pids)
         log(f"{t.name}: warm-up {WARMUP}s")
         served = wrk(running.port, WARMUP, t.script).requests
-        runs = []
+        runs = row.runs
         for i in range(REPEAT):
             before = cpu_ticks(pids)
             log(f"{t.name}: measuring {SECONDS}s, {CONNS} connections"
@@ -737,9 +750,12 @@ def measure(ctx: Context, t: Target) -> Row:
                                  f"{res.socket_errors} socket errors")
             elif res.non2xx or res.socket_errors:
                 row.error = f"{res.non2xx} non-2xx replies, {res.socket_errors} socket errors"
-        runs.sort(key=lambda x: x[0].rps)
-        res, row.cpu_us = runs[len(runs) // 2]  # the median run by req/s
+        ordered = sorted(runs, key=lambda x: x[0].rps)
+        res, row.cpu_us = ordered[len(ordered) // 2]  # the median run by req/s, of every round so far
         row.rps, row.p50_us, row.p99_us = res.rps, res.p50_us, res.p99_us
+        if not first:
+            log(f"{t.name}: {row.rps:,.0f} req/s (median of {len(runs)} runs so far)")
+            return row
         if running.access_log is not None:
             size = os.path.getsize(running.access_log) if os.path.exists(running.access_log) else 0
             log(f"{t.name}: access log {size / 1e6:.1f} MB ({size / max(served, 1):.0f} B/request)")
@@ -799,7 +815,8 @@ def report(rows: list[Row]) -> tuple[str, dict, bool]:
         f"# Outrider benchmark — {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
         "",
         f"`wrk -t1 -c{CONNS} -d{SECONDS}s --timeout {WRK_TIMEOUT} --latency` on 127.0.0.1 after a {WARMUP} s warm-up"
-        + (f", median of {REPEAT} runs" if REPEAT > 1 else "") + "; "
+        + (f", median of {REPEAT * ROUNDS} runs" if REPEAT * ROUNDS > 1 else "")
+        + (f" ({ROUNDS} interleaved passes over the targets)" if ROUNDS > 1 else "") + "; "
         f"{BODY_SIZE} B body from a 1-worker nginx upstream; one target at a time. "
         f"CPU µs/req: utime+stime of the proxy worker(s) / requests. "
         f"RSS: VmRSS (MB = 2^20 B) idle after start, and with {IDLE_CONNS} idle keep-alive connections. "
@@ -876,11 +893,12 @@ def report(rows: list[Row]) -> tuple[str, dict, bool]:
                      f"({prim.error}).")
     all_met = bool(checks) and all(ok for _, ok in checks)
     data = {
-        "time": time.time(), "load_average_at_start": LOAD_AT_START, "repeat": REPEAT, "seconds": SECONDS, "connections": CONNS, "idle_connections": IDLE_CONNS,
+        "time": time.time(), "load_average_at_start": LOAD_AT_START, "repeat": REPEAT, "rounds": ROUNDS, "seconds": SECONDS, "connections": CONNS, "idle_connections": IDLE_CONNS,
         "rows": [{"target": r.target.name, "note": r.target.note, "rps": r.rps, "p50_us": r.p50_us,
                   "p99_us": r.p99_us, "cpu_us_per_request": r.cpu_us,
                   "rss_idle_kib": r.rss_idle_kib, "rss_1k_conns_kib": r.rss_conns_kib,
-                  "syscalls_per_request": r.syscalls, "error": r.error} for r in rows],
+                  "syscalls_per_request": r.syscalls, "error": r.error,
+                  "runs_rps": [round(x[0].rps, 1) for x in r.runs]} for r in rows],
         "targets": [{"check": d, "met": ok} for d, ok in checks],
     }
     return "\n".join(lines) + "\n", data, all_met
@@ -949,6 +967,9 @@ def main() -> int:
         log(f"upstream nginx on 127.0.0.1:{ctx.upstream_port}; outrider binary {OUTRIDER_BIN}")
         for t in targets:
             rows.append(measure(ctx, t))
+        for rnd in range(1, ROUNDS):
+            for i, t in enumerate(targets):
+                measure(ctx, t, rows[i], rnd)
     except KeyboardInterrupt:
         log("interrupted; stopping everything")
         return 130
