@@ -152,6 +152,16 @@ final class Macro: Sendable {
     /// A lone `%{tx.key}` with an interned key: its id (-1: another shape) and key.
     let loneTxID: Int
     let loneTxKey: String
+    /// The expansion as plain data when every part is a literal or a TX variable with an
+    /// interned key (`tx.header_name_%{tx.0}`, `/%{tx.0}/`), else nil: runs of `constant` and
+    /// TX ids, in order. Expanding from it copies no `Part` (each copy retains its payload).
+    let plan: [PlanStep]?
+    /// The largest TX id in `plan`.
+    let planMaxTxID: Int
+    struct PlanStep {
+        /// A run of `constant` (`txID` -1), or the value of TX variable `txID`.
+        let start: Int32, count: Int32, txID: Int32
+    }
 
     /// `txKeys`: the loading rule set's table, where TX keys get their ids.
     init(_ s: String, txKeys: TxKeyTable? = nil) {
@@ -188,6 +198,22 @@ final class Macro: Sendable {
         } else {
             loneTxID = -1; loneTxKey = ""
         }
+        var steps: [PlanStep]? = []
+        var offset = 0, maxID = -1
+        for p in parts {
+            switch p {
+            case .literal(let b):
+                steps?.append(PlanStep(start: Int32(clamping: offset), count: Int32(clamping: b.count), txID: -1))
+                offset += b.count
+            case .variable(.tx, _?, let id) where id >= 0 && id <= Int(Int32.max):
+                steps?.append(PlanStep(start: 0, count: 0, txID: Int32(id)))
+                maxID = max(maxID, id)
+            default:
+                steps = nil
+            }
+        }
+        plan = offset <= Int(Int32.max) ? steps : nil
+        planMaxTxID = maxID
     }
 
     static func split(_ name: String) -> (String, String?) {

@@ -80,6 +80,15 @@ struct VarStore {
         return map[kl]
     }
 
+    /// Whether `id` (or -1) is below the number of this store's slots.
+    @inline(__always) func hasSlot(_ id: Int) -> Bool { id < fixed.count }
+
+    /// Appends the value of slot `i` (nothing when unset), read in place.
+    @inline(__always) func appendValue(slot i: Int, to out: inout Bytes) {
+        guard i >= 0, i < fixed.count, fixed[i].isSet else { return }
+        fixed[i].value.withUnsafeBufferPointer { out.append(contentsOf: $0) }
+    }
+
     /// Whether slot `id` is set and which write set it, without copying its bytes; nil when
     /// `id` is not one of this store's slots.
     @inline(__always) func slotState(id: Int) -> (isSet: Bool, stamp: UInt32)? {
@@ -1163,6 +1172,22 @@ public final class Transaction {
         // A lone `%{tx.key}` (scores, thresholds): the stored value itself, not a copy.
         if m.parts.count == 1, case .variable(.tx, let key?, let keyID) = m.parts[0] {
             return collections.slots[Collection.tx.ordinal].entry(id: keyID, key)?.value ?? []
+        }
+        if let plan = m.plan, collections.slots[Collection.tx.ordinal].hasSlot(m.planMaxTxID) {
+            var out = Bytes()
+            out.reserveCapacity(m.constant.count + 32)
+            m.constant.withUnsafeBufferPointer { lit in
+                plan.withUnsafeBufferPointer { steps in
+                    for step in steps {
+                        if step.txID < 0 {
+                            out.append(contentsOf: UnsafeBufferPointer(rebasing: lit[Int(step.start)..<Int(step.start) + Int(step.count)]))
+                        } else {
+                            collections.slots[Collection.tx.ordinal].appendValue(slot: Int(step.txID), to: &out)
+                        }
+                    }
+                }
+            }
+            return out
         }
         var out = Bytes()
         for p in m.parts {
