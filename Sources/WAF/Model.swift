@@ -273,11 +273,26 @@ enum SetVarOp: Sendable {
     case set(Macro), add(Macro), sub(Macro), delete
 }
 struct SetVar: Sendable {
+    enum Kind: UInt8 { case set, add, sub, delete }
     var collection: Collection
     var key: Macro     // lowercased at run time
-    var op: SetVarOp
+    /// `op` as plain fields, read by `runSetVars` without copying the enum's payload.
+    let kind: Kind
+    /// The value (`set`) or the amount (`add`, `sub`); nil for `delete`.
+    let value: Macro?
     /// A constant TX key's id in the rule set's `TxKeyTable` (-1: none).
     var keyID: Int = -1
+
+    init(collection: Collection, key: Macro, op: SetVarOp) {
+        self.collection = collection
+        self.key = key
+        switch op {
+        case .set(let m): kind = .set; value = m
+        case .add(let m): kind = .add; value = m
+        case .sub(let m): kind = .sub; value = m
+        case .delete: kind = .delete; value = nil
+        }
+    }
 }
 
 enum CtlAction: Sendable {
@@ -302,9 +317,13 @@ final class Rule: @unchecked Sendable {
     // Read on every visit.
     @exclusivity(unchecked) var marker: String?
     /// Set when the link is a plain numeric test of TX variables (see `TxCompare`).
-    @exclusivity(unchecked) var txCompare: TxCompare?
+    @exclusivity(unchecked) var txCompare: TxCompare? { didSet { txCompareRef = txCompare.map { Unmanaged.passUnretained($0) } } }
     /// The "can it match at all?" pre-test, for rules of the shape it covers (set at finish).
-    @exclusivity(unchecked) var fast: FastPlan?
+    @exclusivity(unchecked) var fast: FastPlan? { didSet { fastRef = fast.map { Unmanaged.passUnretained($0) } } }
+    /// `fast` and `txCompare` as unmanaged references (the properties keep them alive): the
+    /// rule loop reads them without reference counting.
+    @exclusivity(unchecked) private(set) var fastRef: Unmanaged<FastPlan>?
+    @exclusivity(unchecked) private(set) var txCompareRef: Unmanaged<TxCompare>?
     /// The literal prefilter's facts for this link: its bit (-1: none), chain group and sources
     /// (set by `Prefilter.build`).
     @exclusivity(unchecked) var prefilter = PrefilterProbe()

@@ -20,6 +20,9 @@ public final class RuleSet: @unchecked Sendable {
     let prefilter: Prefilter?
     /// Per phase, aligned with `phases`: each entry's prefilter facts (markers: none).
     let probes: [[PrefilterProbe]]
+    /// `phases` as unmanaged references (`phases` keeps the rules alive): the rule loop
+    /// evaluates a rule through one without reference counting it.
+    let phaseRefs: [[Unmanaged<Rule>]]
     /// The TX keys the rules name, numbered at load (`VarStore.fixed`).
     let txKeys: TxKeyTable
     /// Per transformation chain (`Rule.transformChainID`), `Transform.triggers` of the chain.
@@ -33,6 +36,7 @@ public final class RuleSet: @unchecked Sendable {
         probes = phases.map { list in
             list.map { $0.isMarker ? PrefilterProbe(marker: true) : prefilter == nil ? PrefilterProbe() : $0.prefilter }
         }
+        phaseRefs = phases.map { list in list.map { Unmanaged.passUnretained($0) } }
         self.txKeys = txKeys
         self.chainTriggers = chainTriggers
         captureKeyIDs = (0...9).map { txKeys.ids[String($0)] ?? -1 }

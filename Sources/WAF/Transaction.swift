@@ -555,7 +555,7 @@ public final class Transaction {
             if a == .all && p < 5 { return nil }
             if a == .request && p <= 2 { return nil }
         }
-        let list = rs.phases[p], probes = rs.probes[p]
+        let list = rs.phases[p], probes = rs.probes[p], refs = rs.phaseRefs[p]
         var i = 0
         while i < list.count {
             if probes[i].marker { i += 1; continue }
@@ -566,10 +566,12 @@ public final class Transaction {
                 i += 1
                 continue
             }
-            let r = list[i]
+            // Most rules evaluated here do not match: evaluated through the unmanaged
+            // reference, they cost no reference counting. A match takes the rule.
+            let matched = refs[i]._withUnsafeGuaranteedRef { r in !r.isMarker && !isRemoved(r) && evaluateChain(r) }
+            let r = matched ? list[i] : nil
             i += 1
-            if r.isMarker || isRemoved(r) { continue }
-            guard evaluateChain(r) else { continue }
+            guard let r else { continue }
             let d = resolveDisruptive(r, phase: p)
             let enforced = mode == .on
             var disrupted = false
@@ -660,11 +662,13 @@ public final class Transaction {
     @inline(__always)
     func linkMatches(_ l: Rule, starter: Rule) -> Bool {
         if targetRemovalsByID.isEmpty, targetRemovalsByTag.isEmpty {
-            if useFastPath, l.txCompare != nil { return txCompareMatches(l, starter: starter) }
-            if useFastPath, let plan = l.fast {
+            if useFastPath, let c = l.txCompareRef {
+                return c._withUnsafeGuaranteedRef { txCompareMatches(l, c: $0, starter: starter) }
+            }
+            if useFastPath, let plan = l.fastRef {
                 // A starter's prefilter bit was tested by the rule loop (`RuleSet.probes`).
                 if l !== starter, l.prefilter.bit >= 0, usePrefilter, !prefilterMayMatch(l.prefilter) { return false }
-                if !fastMayMatch(l, plan) { return false }
+                if !plan._withUnsafeGuaranteedRef({ fastMayMatch(l, $0) }) { return false }
             }
         }
         return evaluate(l, starter: starter)
@@ -721,9 +725,8 @@ public final class Transaction {
 
     /// A `TX:key @lt 2`-shaped link (see `TxCompare`): the same outcome and side effects as
     /// `evaluate` (MATCHED_VAR, MATCHED_VARS, the operator's parameter), without its generality.
-    func txCompareMatches(_ r: Rule, starter: Rule) -> Bool {
+    func txCompareMatches(_ r: Rule, c: TxCompare, starter: Rule) -> Bool {
         currentRule = starter
-        guard let c = r.txCompare else { return false }
         var matched = txCompareTarget(c, c.keyID, c.key, c.count, r)
         for t in c.more where txCompareTarget(c, t.keyID, t.key, t.count, r) { matched = true }
         return matched
@@ -1233,23 +1236,25 @@ public final class Transaction {
     /// "independent of the chained rule result"); the rest after the whole chain matched.
     func runSetVars(_ r: Rule) {
         if !r.initcols.isEmpty { openCollections(r) }
-        for sv in r.setvars {
-            let key: Bytes, kl: String
-            if sv.key.isConstant { key = sv.key.constant; kl = sv.key.constantKey } else { key = expand(sv.key, rule: r); kl = keyString(key) }
-            let c = sv.collection
-            // A constant TX key has its slot; a computed one is looked up by name (`keyID` -1).
-            let id = sv.keyID
-            switch sv.op {
-            case .set(let m):
-                let v = expand(m, rule: r)
-                collections[c, default: VarStore()].set(id: id, lower: kl, key, v)
-            case .add(let m), .sub(let m):
-                let d = expandNumber(m, rule: r)
-                var subtract = false
-                if case .sub = sv.op { subtract = true }
-                collections[c, default: VarStore()].add(id: id, lower: kl, key, d, subtract: subtract)
-            case .delete:
-                collections[c, default: VarStore()].remove(id: id, lower: kl)
+        // In place: a copy of a SetVar retains its macros.
+        r.setvars.withUnsafeBufferPointer { setvars in
+            for k in setvars.indices {
+                let key: Bytes, kl: String
+                let km = setvars[k].key
+                if km.isConstant { key = km.constant; kl = km.constantKey } else { key = expand(km, rule: r); kl = keyString(key) }
+                let c = setvars[k].collection
+                // A constant TX key has its slot; a computed one is looked up by name (`keyID` -1).
+                let id = setvars[k].keyID
+                switch setvars[k].kind {
+                case .set:
+                    let v = setvars[k].value.map { expand($0, rule: r) } ?? []
+                    collections[c, default: VarStore()].set(id: id, lower: kl, key, v)
+                case .add, .sub:
+                    let d = setvars[k].value.map { expandNumber($0, rule: r) } ?? 0
+                    collections[c, default: VarStore()].add(id: id, lower: kl, key, d, subtract: setvars[k].kind == .sub)
+                case .delete:
+                    collections[c, default: VarStore()].remove(id: id, lower: kl)
+                }
             }
         }
     }
