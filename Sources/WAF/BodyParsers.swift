@@ -1,28 +1,46 @@
 /// Request body processors (URLENCODED, MULTIPART, JSON, XML) and cookie/query parsing.
 extension Transaction {
+    /// `name=value` pairs split on the argument separator (empty pairs skipped), names and
+    /// values form-decoded straight into the arena.
     func parseURLEncoded(_ b: Bytes) -> [Entry] {
         var out: [Entry] = []
         let sep = rs.settings.argumentSeparator
-        for part in b.split(separator: sep, omittingEmptySubsequences: true) {
-            if let eq = part.firstIndex(of: 61) {
-                out.append(entry(T.formDecode(part[part.startIndex..<eq]), T.formDecode(part[(eq + 1)...])))
-            } else {
-                out.append(entry(T.formDecode(part), []))
+        b.withUnsafeBufferPointer { p in
+            var start = 0
+            while start < p.count {
+                var end = start
+                while end < p.count, p[end] != sep { end += 1 }
+                if end > start {
+                    var eq = start
+                    while eq < end, p[eq] != 61 { eq += 1 }
+                    let key = storeFormDecoded(UnsafeBufferPointer(rebasing: p[start..<eq]))
+                    let value = eq < end ? storeFormDecoded(UnsafeBufferPointer(rebasing: p[(eq + 1)..<end])) : .empty
+                    out.append(Entry(key: key, keyLower: storeLowercased(key), value: value, id: newID()))
+                }
+                start = end + 1
             }
         }
         return out
     }
 
+    /// `name=value` pairs split on `;`, leading blanks dropped, copied into the arena as they are.
     func parseCookies(_ b: Bytes) -> [Entry] {
         var out: [Entry] = []
-        for part in b.split(separator: 59, omittingEmptySubsequences: true) {
-            var p = part[...]
-            while let f = p.first, f == 32 || f == 9 { p = p.dropFirst() }
-            if p.isEmpty { continue }
-            if let eq = p.firstIndex(of: 61) {
-                out.append(entry(Array(p[p.startIndex..<eq]), Array(p[(eq + 1)...])))
-            } else {
-                out.append(entry(Array(p), []))
+        b.withUnsafeBufferPointer { p in
+            var start = 0
+            while start < p.count {
+                var end = start
+                while end < p.count, p[end] != 59 { end += 1 }
+                var first = start
+                while first < end, p[first] == 32 || p[first] == 9 { first += 1 }
+                if first < end {
+                    var eq = first
+                    while eq < end, p[eq] != 61 { eq += 1 }
+                    let key = store(UnsafeBufferPointer(rebasing: p[first..<eq]))
+                    let value = eq < end ? store(UnsafeBufferPointer(rebasing: p[(eq + 1)..<end])) : .empty
+                    out.append(Entry(key: key, keyLower: storeLowercased(key), value: value, id: newID()))
+                }
+                start = end + 1
             }
         }
         return out

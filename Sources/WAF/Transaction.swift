@@ -365,14 +365,7 @@ public final class Transaction {
     func store(_ p: UnsafeBufferPointer<UInt8>) -> Span {
         let n = p.count
         if n == 0 { return .empty }
-        if arenaCount + n > arenaCapacity {
-            let cap = max(arenaCapacity * 2, arenaCount + n)
-            let nb = UnsafeMutablePointer<UInt8>.allocate(capacity: cap)
-            nb.update(from: arenaBase, count: arenaCount)
-            arenaBase.deallocate()
-            arenaBase = nb
-            arenaCapacity = cap
-        }
+        reserveArena(n)
         if let src = p.baseAddress { (arenaBase + arenaCount).update(from: src, count: n) }
         let s = Span(start: arenaCount, count: n)
         arenaCount += n
@@ -380,6 +373,38 @@ public final class Transaction {
     }
 
     func store(_ b: Bytes) -> Span { b.withUnsafeBufferPointer { store($0) } }
+
+    /// Room for `n` more bytes (the arena may move: no span's buffer may be held across).
+    private func reserveArena(_ n: Int) {
+        guard arenaCount + n > arenaCapacity else { return }
+        let cap = max(arenaCapacity * 2, arenaCount + n)
+        let nb = UnsafeMutablePointer<UInt8>.allocate(capacity: cap)
+        nb.update(from: arenaBase, count: arenaCount)
+        arenaBase.deallocate()
+        arenaBase = nb
+        arenaCapacity = cap
+    }
+
+    /// `T.formDecode` of `p` (which must not point into the arena), written into the arena.
+    func storeFormDecoded(_ p: UnsafeBufferPointer<UInt8>) -> Span {
+        if p.isEmpty { return .empty }
+        reserveArena(p.count)  // decoding never lengthens
+        let n = T.formDecode(p, into: arenaBase + arenaCount)
+        let s = Span(start: arenaCount, count: n)
+        arenaCount += n
+        return s
+    }
+
+    /// `s` ASCII-lowercased: `s` itself when it has no upper-case letter, else a lowered copy.
+    func storeLowercased(_ s: Span) -> Span {
+        guard s.count > 0, buffer(s).contains(where: { $0 >= 65 && $0 <= 90 }) else { return s }
+        reserveArena(s.count)
+        let src = arenaBase + s.start, dst = arenaBase + arenaCount
+        for i in 0..<s.count { dst[i] = lowerByte(src[i]) }
+        let out = Span(start: arenaCount, count: s.count)
+        arenaCount += s.count
+        return out
+    }
 
     /// The bytes of a span, valid until the next `store`.
     @inline(__always) func buffer(_ s: Span) -> UnsafeBufferPointer<UInt8> {

@@ -156,8 +156,23 @@ enum T {
         return out
     }
 
-    /// Decoding of `application/x-www-form-urlencoded` names and values (ARGS).
-    static func formDecode(_ b: ArraySlice<UInt8>) -> Bytes { urlDecode(Array(b), uni: false) }
+    /// Decoding of `application/x-www-form-urlencoded` names and values (ARGS) into `out`
+    /// (room for `p.count` bytes: decoding never lengthens); the length written. The same as
+    /// `urlDecode(uni: false)`, without an intermediate array.
+    static func formDecode(_ p: UnsafeBufferPointer<UInt8>, into out: UnsafeMutablePointer<UInt8>) -> Int {
+        var i = 0, o = 0
+        let n = p.count
+        while i < n {
+            let c = p[i]
+            if c == 37, i + 2 < n, let h = hexValue(p[i + 1]), let l = hexValue(p[i + 2]) {
+                out[o] = h << 4 | l; i += 3
+            } else {
+                out[o] = c == 43 ? 32 : c; i += 1
+            }
+            o += 1
+        }
+        return o
+    }
 
     /// Percent-decoding without '+' (REQUEST_URI, REQUEST_FILENAME).
     static func uriDecode(_ b: Bytes) -> Bytes {

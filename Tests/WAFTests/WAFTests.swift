@@ -154,6 +154,16 @@ func run(_ rs: RuleSet, method: String = "GET", target: String, headers: [(Strin
 }
 
 @Suite struct EvaluationTests {
+    @Test func argsAndCookiesAreSplitAndDecodedAsBefore() throws {
+        let rs = try load("SecRuleEngine DetectionOnly\nSecRequestBodyAccess On\n")
+        let tx = run(rs, target: "/?a=1&&b=%41%zz+c&=v&noeq&C%41t=1&x=%4", headers: [("Host", "h"), ("Cookie", " a=1;  b ;=x; c=d=e;;")],
+                     body: "p=%2B+q&&r")
+        func pairs(_ es: [Entry]) -> [[String]] { es.map { [tx.string($0.key), tx.string($0.keyLower), tx.string($0.value)] } }
+        #expect(pairs(tx.argsGet) == [["a", "a", "1"], ["b", "b", "A%zz c"], ["", "", "v"], ["noeq", "noeq", ""], ["CAt", "cat", "1"], ["x", "x", "%4"]])
+        #expect(pairs(tx.argsPost) == [["p", "p", "+ q"], ["r", "r", ""]])
+        #expect(pairs(tx.cookies) == [["a", "a", "1"], ["b ", "b ", ""], ["", "", "x"], ["c", "c", "d=e"]])
+    }
+
     @Test func txComparisonsDecideLikeTheGeneralEvaluator() throws {
         // `&TX:x|TX:x "@eq 0"` (CRS's application exclusion switches) and friends: the TX
         // comparison path must match the same values, in the same order, with the same side
