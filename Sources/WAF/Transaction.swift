@@ -441,6 +441,13 @@ public final class Transaction {
         return Entry(key: key, keyLower: lower, value: store(v), id: newID())
     }
 
+    /// A header as an entry, stored straight from the Strings' bytes (no array per name and value).
+    func entry(name: String, value: String) -> Entry {
+        var name = name, value = value
+        let key = name.withUTF8 { store($0) }
+        return Entry(key: key, keyLower: storeLowercased(key), value: value.withUTF8 { store($0) }, id: newID())
+    }
+
     /// Whether the entry's lowercased key is `lower`.
     @inline(__always) func keyIs(_ e: Entry, _ lower: Bytes) -> Bool { spanEquals(e.keyLower, lower) }
 
@@ -467,11 +474,11 @@ public final class Transaction {
         filename = decodedPath
         basename = decodedPath.lastIndex(of: 47).map { Array(decodedPath[($0 + 1)...]) } ?? decodedPath
         uri = T.uriDecode(queryString.isEmpty && !uriRaw.contains(63) ? path : path + [63] + queryString)
+        headers.reserveCapacity(h.count)
         for (name, value) in h {
-            let v = Array(value.utf8)
-            let e = entry(Array(name.utf8), v)
+            let e = entry(name: name, value: value)
             headers.append(e)
-            if keyIs(e, Transaction.cookieKey) { cookies += parseCookies(v) }
+            if keyIs(e, Transaction.cookieKey) { cookies += parseCookies(Array(value.utf8)) }
             if keyIs(e, Transaction.hostKey) { hostname = value }
         }
         if let ct = header("content-type") {
@@ -538,7 +545,7 @@ public final class Transaction {
     public func processResponseHeaders(status: Int, protocol p: String, headers h: [(String, String)]) -> Intervention? {
         responseStatus = status.bytes
         responseProtocol = Array(p.utf8)
-        responseHeaders = h.map { entry(Array($0.0.utf8), Array($0.1.utf8)) }
+        responseHeaders = h.map { entry(name: $0.0, value: $0.1) }
         return runPhase(3)
     }
 
