@@ -330,7 +330,8 @@ public final class Transaction {
     @exclusivity(unchecked) var arenaBase: UnsafeMutablePointer<UInt8>
     @exclusivity(unchecked) var arenaCount = 0
     @exclusivity(unchecked) var arenaCapacity = 8192
-    @exclusivity(unchecked) var phasesRun = Set<Int>()
+    /// Bit p: phase p has run (phases are 1…5).
+    @exclusivity(unchecked) var phasesRun: UInt8 = 0
     /// Collections opened with initcol (written back after phase 5) and expirevar deadlines.
     /// `opened`: the collection's write count once loaded (unchanged: nothing to save).
     @exclusivity(unchecked) var persisted: [(collection: Collection, key: Bytes, opened: UInt32)] = []
@@ -580,8 +581,9 @@ public final class Transaction {
     // MARK: phases
 
     func runPhase(_ p: Int) -> Intervention? {
-        guard !phasesRun.contains(p) else { return intervention }
-        phasesRun.insert(p)
+        let bit: UInt8 = p >= 0 && p < 8 ? 1 << UInt8(p) : 0
+        guard phasesRun & bit == 0 else { return intervention }
+        phasesRun |= bit
         if mode == .off || intervention != nil { return intervention }
         if let a = allowScope {
             if a == .all && p < 5 { return nil }
