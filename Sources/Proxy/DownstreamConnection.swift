@@ -245,12 +245,14 @@ final class DownstreamConnection: EventHandler, ExchangeDownstream, ClientConnec
         close()
     }
 
-    /// True while a batch of input is being processed: output is flushed once at its end.
+    /// True while a batch of input is being processed: its output is written afterwards, at the
+    /// end of the loop iteration.
     private(set) var isProcessingInput = false
     /// The peer signalled EPOLLRDHUP/EPOLLHUP: keep reading until EOF is actually seen.
     private var hangupSeen = false
 
-    /// One batch of input, then one write per direction for everything it produced.
+    /// One batch of input; what it produced goes out at the end of the loop iteration, one
+    /// write per direction with whatever else the iteration produced for the same sockets.
     private func processBatch(_ bytes: UnsafeRawBufferPointer) {
         isProcessingInput = true
         process(bytes)

@@ -340,7 +340,8 @@ final class UpstreamConnection: EventHandler, DeferredWriter {
     /// The peer signalled EPOLLRDHUP/EPOLLHUP: keep reading until EOF is actually seen.
     private var hangupSeen = false
 
-    /// One batch of response bytes, then one write to the client for all it produced.
+    /// One batch of response bytes; the client gets what it produced at the end of the loop
+    /// iteration, in one write with the iteration's other output for it.
     private func processBatch(_ bytes: UnsafeRawBufferPointer) {
         let client = exchange?.downstream
         process(bytes)
