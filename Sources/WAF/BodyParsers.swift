@@ -3,41 +3,31 @@ extension Transaction {
     /// `name=value` pairs split on the argument separator (empty pairs skipped), names and
     /// values form-decoded straight into the arena.
     func parseURLEncoded(_ b: Bytes) -> [Entry] {
-        var out: [Entry] = []
-        let sep = rs.settings.argumentSeparator
-        b.withUnsafeBufferPointer { p in
-            var start = 0
-            while start < p.count {
-                var end = start
-                while end < p.count, p[end] != sep { end += 1 }
-                if end > start {
-                    var eq = start
-                    while eq < end, p[eq] != 61 { eq += 1 }
-                    let key = storeFormDecoded(UnsafeBufferPointer(rebasing: p[start..<eq]))
-                    let value = eq < end ? storeFormDecoded(UnsafeBufferPointer(rebasing: p[(eq + 1)..<end])) : .empty
-                    out.append(Entry(key: key, keyLower: storeLowercased(key), value: value, id: newID()))
-                }
-                start = end + 1
-            }
-        }
-        return out
+        parsePairs(b, separator: rs.settings.argumentSeparator, skipLeadingBlanks: false) { storeFormDecoded($0) }
     }
 
     /// `name=value` pairs split on `;`, leading blanks dropped, copied into the arena as they are.
     func parseCookies(_ b: Bytes) -> [Entry] {
+        parsePairs(b, separator: 59, skipLeadingBlanks: true) { store($0) }
+    }
+
+    /// Splits `b` on `separator` into `name=value` pairs (a pair without `=` has an empty
+    /// value; a pair left empty is skipped) and stores each name and value with `part`.
+    private func parsePairs(_ b: Bytes, separator: UInt8, skipLeadingBlanks: Bool,
+                            _ part: (UnsafeBufferPointer<UInt8>) -> Span) -> [Entry] {
         var out: [Entry] = []
         b.withUnsafeBufferPointer { p in
             var start = 0
             while start < p.count {
                 var end = start
-                while end < p.count, p[end] != 59 { end += 1 }
+                while end < p.count, p[end] != separator { end += 1 }
                 var first = start
-                while first < end, p[first] == 32 || p[first] == 9 { first += 1 }
+                while skipLeadingBlanks, first < end, p[first] == 32 || p[first] == 9 { first += 1 }
                 if first < end {
                     var eq = first
                     while eq < end, p[eq] != 61 { eq += 1 }
-                    let key = store(UnsafeBufferPointer(rebasing: p[first..<eq]))
-                    let value = eq < end ? store(UnsafeBufferPointer(rebasing: p[(eq + 1)..<end])) : .empty
+                    let key = part(UnsafeBufferPointer(rebasing: p[first..<eq]))
+                    let value = eq < end ? part(UnsafeBufferPointer(rebasing: p[(eq + 1)..<end])) : .empty
                     out.append(Entry(key: key, keyLower: storeLowercased(key), value: value, id: newID()))
                 }
                 start = end + 1

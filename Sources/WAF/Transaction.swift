@@ -438,8 +438,7 @@ public final class Transaction {
 
     func entry(_ k: Bytes, _ v: Bytes) -> Entry {
         let key = store(k)
-        let lower = k.contains(where: { $0 >= 65 && $0 <= 90 }) ? store(asciiLower(k)) : key
-        return Entry(key: key, keyLower: lower, value: store(v), id: newID())
+        return Entry(key: key, keyLower: storeLowercased(key), value: store(v), id: newID())
     }
 
     /// A header as an entry, stored straight from the Strings' bytes (no array per name and value).
@@ -602,7 +601,7 @@ public final class Transaction {
             }
             // Most rules evaluated here do not match: evaluated through the unmanaged
             // reference, they cost no reference counting. A match takes the rule.
-            let matched = refs[i]._withUnsafeGuaranteedRef { r in !r.isMarker && !isRemoved(r) && evaluateChain(r) }
+            let matched = refs[i]._withUnsafeGuaranteedRef { r in !isRemoved(r) && evaluateChain(r) }
             let r = matched ? list[i] : nil
             i += 1
             guard let r else { continue }
@@ -1207,8 +1206,8 @@ public final class Transaction {
     func expand(_ m: Macro, rule: Rule? = nil) -> Bytes {
         if m.isConstant { return m.constant }
         // A lone `%{tx.key}` (scores, thresholds): the stored value itself, not a copy.
-        if m.parts.count == 1, case .variable(.tx, let key?, let keyID) = m.parts[0] {
-            return collections.slots[Collection.tx.ordinal].entry(id: keyID, key)?.value ?? []
+        if m.loneTxID >= 0 {
+            return collections.slots[Collection.tx.ordinal].entry(id: m.loneTxID, m.loneTxKey)?.value ?? []
         }
         if let plan = m.plan, collections.slots[Collection.tx.ordinal].hasSlot(m.planMaxTxID) {
             var out = Bytes()
